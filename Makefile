@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test` (each creates the venv if needed).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONSTRAINTS := infra/constraints-cpu.txt
+PIP := set -o pipefail; $(PY) -m pip install -q
+# pip.conf on these machines names index folders that may not exist; drop that noise only.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test test-fast test-slow demo bench lint format clean
+
+setup: $(STAMP)
+
+# Re-installs only when the declared dependencies change.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip setuptools wheel $(QUIET_PIP)
+	$(PIP) -c $(CONSTRAINTS) torch $(QUIET_PIP)
+	$(PIP) -c $(CONSTRAINTS) -e '.[dev]' $(QUIET_PIP)
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+demo: setup
+	$(PY) jobs/demo.py
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf runs .pytest_cache

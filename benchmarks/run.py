@@ -1,0 +1,49 @@
+"""`make bench`: run every benchmark, print a Markdown summary, save JSON under runs/bench/.
+
+python -m benchmarks.run [--only model_step,agc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import agc, model_step
+
+BENCHMARKS = {"model_step": model_step.run, "agc": agc.run}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
+    parser.add_argument("--out", default="runs/bench")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    for name in args.only.split(","):
+        if name not in BENCHMARKS:
+            raise SystemExit(
+                f"error: unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}"
+            )
+        result = {"benchmark": name, **BENCHMARKS[name](), "env": env}
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        print(f"## {name}")
+        for k, v in result.items():
+            if k not in ("benchmark", "env"):
+                print(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}")
+    print(f"environment: {env}")
+
+
+if __name__ == "__main__":
+    main()

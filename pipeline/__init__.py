@@ -1,0 +1,1 @@
+"""nfscale: distributed NFNet pretraining pipeline (ingest, dedup, pretrain, finetune, sweep, fit)."""

@@ -1,0 +1,26 @@
+"""Shared command-line plumbing for jobs/*.py: ``--config FILE`` plus dotted overrides, and one
+clear line (no stack trace) for bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pipeline.config import ConfigError
+
+
+def job_parser(description: str, default_config: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=default_config, help="YAML config (any fsspec URL)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    return parser
+
+
+def run_job(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a job's main; user errors (ConfigError) print one line and exit with status 2."""
+    try:
+        return main(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

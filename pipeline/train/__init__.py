@@ -1,0 +1,1 @@
+"""Training: engine setup, loop, checkpointing, tracking."""

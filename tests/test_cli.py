@@ -1,0 +1,54 @@
+"""Entry points as users run them: subprocesses, exit codes, one-line errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_summary_prints_params_and_macs():
+    out = run("-m", "pipeline.models.summary", "nfnet_f0", "--res", "256")
+    assert out.returncode == 0, out.stderr
+    assert "nfnet_f0: 71.49M params (71,489,284), 12.38 GMACs at 256px" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["nfnet_f9"], "error: unknown model 'nfnet_f9'"),
+        (["nfnet_f0", "--res", "2"], "error: --res must be >= 8 px, got 2"),
+    ],
+)
+def test_summary_bad_input(args, message):
+    out = run("-m", "pipeline.models.summary", *args)
+    assert out.returncode == 2 and out.stderr.strip().startswith(message)
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_demo_job_shows_loss_falling():
+    out = run("jobs/demo.py", "steps=12", "warmup_steps=2", "batch=16")
+    assert out.returncode == 0, out.stderr
+    assert "held-out loss" in out.stdout and out.stdout.count("\n") >= 5
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("stepz=3", "error: unknown config key 'stepz'"),
+        ("batch=0", "error: bad config value batch=0"),
+        ("model=nfnet_x", "error: bad config value model='nfnet_x': unknown model"),
+    ],
+)
+def test_demo_bad_input_is_one_line(override, message):
+    out = run("jobs/demo.py", override)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith(message) and len(out.stderr.strip().splitlines()) == 1

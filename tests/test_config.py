@@ -1,0 +1,74 @@
+"""Typed configs: YAML + dotted overrides, one clear line for every bad input."""
+
+import pytest
+from pydantic import Field
+
+from pipeline.config import (
+    ConfigError,
+    Section,
+    dump_config,
+    load_config,
+    parse_overrides,
+)
+
+
+class Train(Section):
+    epochs: float = Field(1.0, gt=0)
+    global_batch: int = Field(4096, ge=1)
+
+
+class Job(Section):
+    name: str = "x"
+    train: Train = Train()
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: base\ntrain:\n  epochs: 2\n")
+    cfg = load_config(Job, str(path), ["train.global_batch=256", "name=run1"])
+    assert cfg.name == "run1" and cfg.train.epochs == 2.0 and cfg.train.global_batch == 256
+    assert "global_batch: 256" in dump_config(cfg)
+
+
+def test_override_values_parse_as_yaml():
+    assert parse_overrides(["a.b=1", "c=[1, 2]", "d=true", "e=text", "f="]) == {
+        "a": {"b": 1},
+        "c": [1, 2],
+        "d": True,
+        "e": "text",
+        "f": "",
+    }
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["train.epoch=1"],
+            "unknown config key 'train.epoch'; expected one of ['epochs', 'global_batch']",
+        ),
+        (["trian.epochs=1"], "unknown config key 'trian'"),
+        (["train.epochs=-1"], "bad config value train.epochs=-1: Input should be greater than 0"),
+        (["train.global_batch=lots"], "bad config value train.global_batch='lots'"),
+        (["train"], "bad override 'train': expected key.path=value"),
+        (["a..b=1"], "bad override"),
+    ],
+)
+def test_bad_input_is_one_line(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(Job, None, overrides)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Job, str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Job, str(bad))
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(Job, str(lst))
