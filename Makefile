@@ -10,7 +10,7 @@ PIP := set -o pipefail; $(PY) -m pip install -q
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast test-slow demo bench lint format clean
+.PHONY: setup test test-fast test-slow demo bench bench-timm lint format clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# timm is not a dependency: install it (no deps) beside the run outputs and compare.
+TIMM_DIR := runs/bench/timm-pkg
+bench-timm: setup
+	@test -d $(TIMM_DIR)/timm || { $(PIP) --no-deps --target $(TIMM_DIR) timm huggingface_hub $(QUIET_PIP); }
+	PYTHONPATH=$(TIMM_DIR) $(PY) -m benchmarks.run --only timm_nfnet
 
 lint: setup
 	$(VENV)/bin/ruff check .

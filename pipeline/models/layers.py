@@ -67,9 +67,9 @@ class ScaledStdConv2d(nn.Conv2d):
         self._bn_eps = eps / self.fan_in
         self._out_scale = self.input_scale / math.sqrt(self.fan_in)
         self._eval_cache: tuple[tuple, torch.Tensor] | None = None
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        # Called by nn.Conv2d.__init__ (before ``gain`` exists) and by users re-initialising.
         # Variance-scaling fan-in normal (the standardisation makes the scale moot, not the shape).
         nn.init.normal_(self.weight, 0.0, 1.0 / math.sqrt(self.weight[0].numel()))
         if self.bias is not None:

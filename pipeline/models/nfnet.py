@@ -22,7 +22,7 @@ from pipeline.models.layers import (
     activation_fn,
     stochastic_depth_mask,
 )
-from pipeline.models.registry import register_model, replace_cfg
+from pipeline.models.registry import register_variants
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,6 @@ class NFNetCfg:
             raise ValueError(
                 f"depths, widths and strides must have one entry per stage; got "
                 f"{len(self.depths)}, {len(self.widths)}, {len(self.strides)}"
-            )
-        if any(w % self.group_size for w in self.widths):
-            raise ValueError(
-                f"widths {self.widths} must be multiples of group_size {self.group_size}"
             )
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.stochdepth_rate < 1.0:
             raise ValueError("drop_rate and stochdepth_rate must be in [0, 1)")
@@ -247,13 +243,4 @@ for _k in (0, 1, 3, 7):
     )
 
 
-def _make_factory(name: str):
-    def factory(num_classes: int = 1000, **overrides) -> NFNet:
-        return NFNet(replace_cfg(VARIANTS[name], overrides, name), num_classes=num_classes)
-
-    factory.__name__ = name
-    return factory
-
-
-for _name in VARIANTS:
-    register_model(_name, family="nfnet")(_make_factory(_name))
+register_variants(VARIANTS, lambda cfg, num_classes: NFNet(cfg, num_classes), "nfnet")

@@ -46,3 +46,16 @@ def replace_cfg(cfg: C, overrides: dict[str, Any], model_name: str) -> C:
         )
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     return dataclasses.replace(cfg, **fixed)
+
+
+def register_variants(
+    variants: dict[str, C], build: Callable[[C, int], nn.Module], family: str
+) -> None:
+    """Register one factory per config in a variant table; overrides replace config fields."""
+    for name, cfg in variants.items():
+
+        def factory(num_classes: int = 1000, _name=name, _cfg=cfg, **overrides) -> nn.Module:
+            return build(replace_cfg(_cfg, overrides, _name), num_classes)
+
+        factory.__name__ = name
+        register_model(name, family)(factory)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.registry import register_model, replace_cfg
+from pipeline.models.registry import register_variants
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,4 @@ RESNET_VARIANTS: dict[str, ResNetCfg] = {
 }
 
 
-def _make_factory(name: str):
-    def factory(num_classes: int = 1000, **overrides) -> ResNet:
-        return ResNet(replace_cfg(RESNET_VARIANTS[name], overrides, name), num_classes)
-
-    factory.__name__ = name
-    return factory
-
-
-for _name in RESNET_VARIANTS:
-    register_model(_name, family="resnet")(_make_factory(_name))
+register_variants(RESNET_VARIANTS, lambda cfg, num_classes: ResNet(cfg, num_classes), "resnet")

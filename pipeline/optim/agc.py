@@ -100,16 +100,20 @@ def clip_factors(
 
 
 def scale_units_(
-    tensors: Sequence[torch.Tensor], factors: torch.Tensor, foreach: bool | None = None
+    tensors: Sequence[torch.Tensor],
+    factors: torch.Tensor,
+    foreach: bool | None = None,
+    layout: UnitLayout | None = None,
 ) -> None:
     """Multiply each unit of each tensor in place by its factor.
 
     On the per-tensor path, tensors with no clipped unit are skipped: usually few units clip
     (F0 at init: 372 of 67,719), and reading the flags costs nothing without an accelerator queue.
     The foreach path scales everything, never forcing a device sync."""
-    layout = UnitLayout.of(tensors)
+    layout = layout or UnitLayout.of(tensors)
     per_tensor = factors.split(list(layout.units))
-    if _use_foreach(tensors, foreach):
+    use_foreach = _use_foreach(tensors, foreach)
+    if use_foreach:
         selected = range(len(tensors))
     else:
         # clipped units per tensor from one cumulative sum: a single read-back for all tensors
@@ -125,7 +129,7 @@ def scale_units_(
         views.append(per_tensor[i].reshape(view_shape).to(t.dtype))
     if not targets:
         return
-    if _use_foreach(tensors, foreach):
+    if use_foreach:
         torch._foreach_mul_(targets, views)
     else:
         for t, v in zip(targets, views, strict=True):
@@ -159,12 +163,13 @@ def adaptive_grad_clip_(
         grad_sq_norms = unitwise_sq_norms(grads, foreach)
     if param_sq_norms is None:
         param_sq_norms = unitwise_sq_norms([p.detach() for p in params], foreach)
-    expected = UnitLayout.of(params).total
+    layout = UnitLayout.of(params)
+    expected = layout.total
     if grad_sq_norms.numel() != expected or param_sq_norms.numel() != expected:
         raise ValueError(
             f"AGC norm vectors have {grad_sq_norms.numel()} / {param_sq_norms.numel()} entries; "
             f"expected one per unit ({expected})"
         )
     factors = clip_factors(param_sq_norms, grad_sq_norms, clipping, eps)
-    scale_units_(grads, factors, foreach)
+    scale_units_(grads, factors, foreach, layout)
     return (factors < 1).sum()

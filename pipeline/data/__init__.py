@@ -1,0 +1,1 @@
+"""Data: shard index, global order, resumable loader, transforms (and generated demo images)."""
