@@ -11,14 +11,16 @@ Why per block and why 2x2-constant noise for strided blocks: the transition shor
 a 2x2 patch makes the pool variance-preserving without touching the model.
 
 Resolution 128 px: at 32 px the last stage is 1x1 and its 3x3 convs mostly see zero padding
-(branch variance ~0.55 measured); at 128 px it is 4x4 and the border still costs up to ~12%.
+(branch variance ~0.55 measured); at 128 px it is 4x4 and the border still costs a few percent.
 
-Tolerances: the sample variance over >= 6e4 values has < 1% relative noise; border effects, the SE
-gate 2*sigmoid(z) (1 only on average) and GELU's non-homogeneity moved the branch variance by up to
-12% (measured on F0 and nano1 at 128 px), and the stream and shortcut by up to 2%. We allow 15% on
-the branch and 3% on stream and shortcut: an unapplied beta (branch variance = input variance, up
-to 1.5 in deep stages), a missing gamma (~0.3-0.5) or a wrong alpha (increment off by >= 50%
-of alpha^2 per block, compounding over a stage) fails by far.
+Tolerances, from the spread over weight draws (seeds 0-7 on nano1, 0-2 on F0, 128 px): a single
+block's branch variance deviated from 1 by up to 16% (nano widths have fan-ins as small as 16, so
+one block's variance depends on its draw); the mean over all blocks stayed in 0.94-0.96; the stream
+and the shortcut stayed within 2.5% of the bookkeeping. We allow 25% per block, 10% on the mean,
+and 4% on stream and shortcut. A missing gamma (variance ~0.3-0.5), a wrong alpha (the per-block
+increment is alpha^2 ~ 3.5% of the stream, compounding over a stage) or a transition that does
+not reset fails by far. That beta is applied is pinned exactly elsewhere: the bookkeeping test
+checks its values and test_ws_conv shows the fast model equals the literal implementation.
 """
 
 import math
@@ -63,11 +65,13 @@ def test_residual_stream_follows_expected_variance(name, batch):
     rows = _block_variances(name, res=128, batch=batch)
     alpha2 = 0.2**2
     for i, branch_var, shortcut_var, out_var, want_out in rows:
-        assert branch_var == pytest.approx(1.0, rel=0.15), f"block {i}: branch var {branch_var:.3f}"
-        assert out_var == pytest.approx(want_out, rel=0.03), (
-            f"block {i}: {out_var:.3f} vs {want_out:.3f}"
+        assert branch_var == pytest.approx(1.0, rel=0.25), f"block {i}: branch {branch_var:.3f}"
+        assert out_var == pytest.approx(want_out, rel=0.04), (
+            f"block {i}: {out_var:.3f}/{want_out:.3f}"
         )
-        assert shortcut_var == pytest.approx(want_out - alpha2, rel=0.03), f"block {i}: shortcut"
+        assert shortcut_var == pytest.approx(want_out - alpha2, rel=0.04), f"block {i}: shortcut"
+    mean_branch = sum(r[1] for r in rows) / len(rows)
+    assert mean_branch == pytest.approx(1.0, rel=0.10), f"mean branch variance {mean_branch:.3f}"
     # The stream really grows within a stage and resets at transitions (not a flat line).
     outs = [r[3] for r in rows]
     assert max(outs) > 1.15 and min(outs) < 1.06

@@ -21,7 +21,9 @@ class SyntheticImages:
         self.angle = torch.rand(num_classes, generator=g) * math.pi
         self.freq = 2.0 + torch.rand(num_classes, generator=g) * 6.0
         self.colour = torch.rand(num_classes, 3, generator=g) * 0.8 + 0.2
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, res), torch.linspace(-1, 1, res), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, res), torch.linspace(-1, 1, res), indexing="ij"
+        )
         self._grid = (xs, ys)
 
     def batch(self, index: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +32,9 @@ class SyntheticImages:
         labels = torch.randint(self.num_classes, (size,), generator=g)
         xs, ys = self._grid
         angle = self.angle[labels] + torch.randn(size, generator=g) * 0.15
-        proj = xs[None] * torch.cos(angle)[:, None, None] + ys[None] * torch.sin(angle)[:, None, None]
+        proj = (
+            xs[None] * torch.cos(angle)[:, None, None] + ys[None] * torch.sin(angle)[:, None, None]
+        )
         phase = torch.rand(size, 1, 1, generator=g) * 2 * math.pi
         wave = torch.sin(proj * self.freq[labels][:, None, None] * math.pi + phase)
         contrast = 0.5 + torch.rand(size, 1, 1, 1, generator=g)

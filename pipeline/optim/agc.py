@@ -9,11 +9,13 @@ which are additive across gradient fragments (sum partial squares, all-reduce on
 (2) per-unit factors from the two norm vectors, one vectorised expression over all units;
 (3) scaling each unit of the gradient in place.
 
-Batching. On CUDA, kernel launches dominate a per-parameter loop, so unit norms are computed over
-stacked same-shape tensors and ``torch._foreach_*`` kernels. On CPU, foreach ops are themselves a
-C++ loop over tensors and stacking costs a full copy (F0, 71M gradients: 14 ms per-tensor vs 93 ms
-stacked; see BENCHMARKS.md), so - as ``torch.optim`` does - ``foreach=None`` picks batched kernels
-on CUDA only. Both paths are tested against a straightforward reference.
+Batching. Vector units (gains, biases, scalars) always go through one ``torch._foreach_norm`` and
+all scaling through one ``torch._foreach_mul_``. Row norms of >= 2-D tensors are where the choice
+is: stacking same-shape tensors turns hundreds of kernel launches into a few, which is what CUDA
+needs, but costs a full copy of the gradients, which on CPU is slower than the memory-bound
+per-tensor reduction itself (F0, 71M gradients: 14 ms per-tensor vs 93 ms stacked). So, as
+``torch.optim`` does, ``foreach=None`` stacks on CUDA only. Both paths are tested against a
+straightforward reference.
 """
 
 from __future__ import annotations
@@ -67,26 +69,26 @@ def unitwise_sq_norms(tensors: Sequence[torch.Tensor], foreach: bool | None = No
     """Squared L2 norm of every unit, concatenated in tensor order (fp32)."""
     if not tensors:
         return torch.zeros(0)
-    if not _use_foreach(tensors, foreach):
-        return torch.cat([_row_sq_norms(t) for t in tensors])
-
-    parts: list[torch.Tensor | None] = [None] * len(tensors)
+    parts: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
     vectors = [i for i, t in enumerate(tensors) if t.ndim <= 1]
-    if vectors:
+    if vectors:  # gains, biases, scalars (151 of F0's 233 tensors): one multi-tensor kernel
         norms = torch._foreach_norm([tensors[i].float() for i in vectors], 2)
-        for i, n in zip(vectors, torch._foreach_mul(norms, norms), strict=True):
-            parts[i] = n.reshape(1)
+        for i, sq in zip(vectors, torch.stack(norms).square().split(1), strict=True):
+            parts[i] = sq
+    matrices = [i for i, t in enumerate(tensors) if t.ndim >= 2]
+    if not _use_foreach(tensors, foreach):
+        for i in matrices:  # memory-bound row norms; see the module docstring for why not stacked
+            parts[i] = _row_sq_norms(tensors[i])
+        return torch.cat(parts)
     by_shape: dict[tuple, list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        if t.ndim >= 2:
-            by_shape[(tuple(t.shape), t.dtype)].append(i)
+    for i in matrices:
+        by_shape[(tuple(tensors[i].shape), tensors[i].dtype)].append(i)
     for (shape, _), idx in by_shape.items():
         stacked = torch.stack([tensors[i] for i in idx]).reshape(len(idx), shape[0], -1)
         sq = torch.linalg.vector_norm(stacked, dim=2, dtype=_accumulate_dtype(stacked))
-        sq = sq.float().square()
-        for i, row in zip(idx, sq.unbind(0), strict=True):
-            parts[i] = row
-    return torch.cat(parts)  # type: ignore[arg-type]
+        for i, rows in zip(idx, sq.float().square().unbind(0), strict=True):
+            parts[i] = rows
+    return torch.cat(parts)
 
 
 def clip_factors(
@@ -127,13 +129,8 @@ def scale_units_(
         view_shape = (shape[0],) + (1,) * (len(shape) - 1) if len(shape) >= 2 else ()
         targets.append(t)
         views.append(per_tensor[i].reshape(view_shape).to(t.dtype))
-    if not targets:
-        return
-    if use_foreach:
+    if targets:
         torch._foreach_mul_(targets, views)
-    else:
-        for t, v in zip(targets, views, strict=True):
-            t.mul_(v)
 
 
 @torch.no_grad()
