@@ -5,7 +5,7 @@ import torch
 
 from benchmarks.naive_nfnet import NaiveNFNet
 from pipeline.models import create_model
-from pipeline.models.layers import ScaledStdConv2d
+from pipeline.models.layers import ScaledStdConv2d, clear_weight_caches
 
 
 def test_standardized_weight_formula():
@@ -51,6 +51,26 @@ def test_eval_cache_is_used_and_invalidated():
     conv.eval()
     conv(x).sum().backward()
     assert conv.weight.grad is not None
+
+
+def test_eval_cache_after_writes_through_data():
+    """Writes through .data (EMA swaps, DeepSpeed) are invisible to version counters: the
+    documented refresh points (clear_weight_caches, eval() again) must pick them up."""
+    model = create_model("nfnet_nano0", num_classes=3, skipinit_init=1.0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        for m in model.modules():  # standardisation is scale-invariant: shift, do not scale
+            if isinstance(m, ScaledStdConv2d):
+                m.weight.data.add_(torch.randn_like(m.weight))
+        assert torch.equal(model(x), before)  # the contract's premise: this write is not seen
+        clear_weight_caches(model)
+        fresh = model(x)
+        model.eval()
+        assert torch.equal(model(x), fresh)
+    uncached = model(x)  # autograd on: weights are standardised in the graph, no cache
+    assert not torch.equal(before, fresh)
+    torch.testing.assert_close(fresh, uncached.detach())
 
 
 @pytest.mark.parametrize("name", ["nfnet_nano1", "nfnet_f0"])

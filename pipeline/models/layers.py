@@ -40,6 +40,12 @@ class ScaledStdConv2d(nn.Conv2d):
     fan-in N. ``input_scale`` is a Python constant: the gamma (and beta) of whatever scaled the
     input, folded here so the activation tensor is never multiplied separately.
     ``eps`` = 1e-4 softly floors N * var the way DeepMind's reference hard-floors it.
+
+    Eval cache: in eval mode without autograd the standardised weight is computed once and
+    reused. It is rebuilt when weight or gain change through autograd-visible in-place ops
+    (optimiser steps, ``load_state_dict``) and dropped at every ``train()`` / ``eval()`` call.
+    Writes through ``.data`` (DeepSpeed partitions, EMA swaps) bypass PyTorch's version counters:
+    after them call ``model.eval()`` again or ``clear_weight_caches(model)``.
     """
 
     def __init__(
@@ -90,7 +96,7 @@ class ScaledStdConv2d(nn.Conv2d):
         ).reshape_as(w)
 
     def _cached_weight(self) -> torch.Tensor:
-        # Parameters only change through optimiser steps or loads, both of which bump _version.
+        # In-place updates through the parameter bump _version; see the class docstring for .data.
         key = (self.weight._version, self.gain._version, self.weight.data_ptr(), self.weight.dtype)
         if self._eval_cache is None or self._eval_cache[0] != key:
             with torch.no_grad():
@@ -108,6 +114,13 @@ class ScaledStdConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", input_scale={self.input_scale:.4g}"
+
+
+def clear_weight_caches(model: nn.Module) -> None:
+    """Drop every cached eval-mode weight, e.g. after swapping EMA weights in through ``.data``."""
+    for m in model.modules():
+        if isinstance(m, ScaledStdConv2d):
+            m._eval_cache = None
 
 
 class SqueezeExcite(nn.Module):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.models.base import ImageClassifier
 from pipeline.models.layers import (
     ACTIVATION_GAMMA,
     ScaledStdConv2d,
@@ -119,7 +120,7 @@ class NFBlock(nn.Module):
         return torch.addcmul(shortcut, out, multiplier)
 
 
-class NFNet(nn.Module):
+class NFNet(ImageClassifier):
     def __init__(self, cfg: NFNetCfg, num_classes: int = 1000, in_chans: int = 3) -> None:
         super().__init__()
         cfg.validate()
@@ -167,9 +168,9 @@ class NFNet(nn.Module):
         self.final_gamma = gamma  # the map is 1/32 of the input side: a plain multiply is cheap
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes)
-        self._init_classifier()
+        self.init_classifier()
 
-    def _init_classifier(self) -> None:
+    def init_classifier(self) -> None:
         nn.init.normal_(self.fc.weight, 0.0, 0.01)
         nn.init.zeros_(self.fc.bias)
 
@@ -183,23 +184,6 @@ class NFNet(nn.Module):
             x = conv(self.act(x))
         x = self.blocks(x)
         return self.act(self.final_conv(x)) * self.final_gamma
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        ref = self.fc.weight
-        self.fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-        self._init_classifier()
 
 
 # ---- variant table (SPEC §2) -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.models.base import ImageClassifier
 from pipeline.models.registry import register_variants
 
 
@@ -67,7 +68,7 @@ class Bottleneck(nn.Module):
         return F.relu(out + self.shortcut(x), inplace=True)
 
 
-class ResNet(nn.Module):
+class ResNet(ImageClassifier):
     def __init__(self, cfg: ResNetCfg, num_classes: int = 1000, in_chans: int = 3) -> None:
         super().__init__()
         self.cfg = cfg
@@ -92,21 +93,6 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean(dim=(2, 3)))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        ref = self.fc.weight
-        self.fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
 
 
 RESNET_VARIANTS: dict[str, ResNetCfg] = {
