@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from pipeline.config import ConfigError
+from pipeline.config import UserError
 
 
 def job_parser(description: str, default_config: str | None) -> argparse.ArgumentParser:
@@ -18,9 +18,12 @@ def job_parser(description: str, default_config: str | None) -> argparse.Argumen
 
 
 def run_job(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a job's main; user errors (ConfigError) print one line and exit with status 2."""
+    """Run a job's main; bad user input prints one line and exits with status 2."""
     try:
         return main(argv)
-    except ConfigError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: not found: {e.filename or e}", file=sys.stderr)
         return 2

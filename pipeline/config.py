@@ -17,8 +17,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
-    """A bad config file, key or value; the message is a single line meant for the user."""
+class UserError(ValueError):
+    """Bad input from the user (a path, a file, a value); the message is one line for them."""
+
+
+class ConfigError(UserError):
+    """A bad config file, key or value."""
 
 
 class Section(BaseModel):
@@ -92,6 +96,8 @@ def format_validation_error(model: type[BaseModel], err: ValidationError) -> str
     first = err.errors()[0]
     loc = tuple(first["loc"])
     key = ".".join(str(p) for p in loc) or "<root>"
+    if first["type"] == "missing":
+        return f"missing config key {key!r}; set it in the config file or as {key}=..."
     if first["type"] == "extra_forbidden":
         return f"unknown config key {key!r}; expected one of {_fields_at(model, loc)}"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""

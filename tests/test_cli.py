@@ -52,3 +52,29 @@ def test_demo_bad_input_is_one_line(override, message):
     out = run("jobs/demo.py", override)
     assert out.returncode == 2
     assert out.stderr.strip().startswith(message) and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ingest_job_and_its_bad_input(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "raw" / c).mkdir(parents=True)
+        Image.new("RGB", (20, 20), "red" if c == "a" else "blue").save(
+            tmp_path / "raw" / c / "x.png"
+        )
+    out = run(
+        "jobs/ingest.py",
+        f"input={tmp_path / 'raw'}",
+        f"output={tmp_path / 'out'}",
+        "parallel=false",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "ingest: 2 samples in 1 shards" in out.stdout
+    for args, message in [
+        ([f"output={tmp_path}"], "error: missing config key 'input'"),
+        ([f"input={tmp_path / 'nope'}", f"output={tmp_path}"], "does not exist"),
+        ([f"input={tmp_path / 'raw'}", f"output={tmp_path}", "shard_bytes=1"], "shard_bytes=1"),
+    ]:
+        bad = run("jobs/ingest.py", *args)
+        assert bad.returncode == 2 and message in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -1,5 +1,7 @@
 """Typed configs: YAML + dotted overrides, one clear line for every bad input."""
 
+import re
+
 import pytest
 from pydantic import Field
 
@@ -52,6 +54,7 @@ def test_override_values_parse_as_yaml():
         (["train.global_batch=lots"], "bad config value train.global_batch='lots'"),
         (["train"], "bad override 'train': expected key.path=value"),
         (["a..b=1"], "bad override"),
+        (["train=null"], "bad config value train=None"),
     ],
 )
 def test_bad_input_is_one_line(overrides, message):
@@ -59,6 +62,17 @@ def test_bad_input_is_one_line(overrides, message):
         load_config(Job, None, overrides)
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_missing_required_key():
+    class Needs(Section):
+        input: str
+
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("missing config key 'input'; set it in the config file or as input=..."),
+    ):
+        load_config(Needs, None, [])
 
 
 def test_bad_files(tmp_path):

@@ -1,0 +1,1 @@
+"""Ingest: image folders, (path, label) lists or existing shards -> WebDataset shards + manifest."""

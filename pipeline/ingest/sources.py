@@ -1,0 +1,181 @@
+"""Enumerate ingest inputs as an ordered list of items, before any image is read.
+
+Three kinds: an image folder tree (one subfolder per class, the ImageNet layout), a CSV or JSONL
+list of (path or URL, label), or existing WebDataset tar shards. The order is fully determined
+by the input (sorted), so serial and parallel runs produce the same shards.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import tarfile
+from dataclasses import dataclass
+
+import fsspec
+
+from pipeline.config import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input sample: where its bytes are, its class name, and a size for shard planning."""
+
+    source: str  # path/URL, or "<tar url>#<member name>" for samples inside an input shard
+    label: str
+    size: int
+
+
+def _fs(url: str, storage_options: dict) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url, **storage_options)
+
+
+def detect_format(url: str, storage_options: dict) -> str:
+    fs, path = _fs(url, storage_options)
+    pattern = "{" in path or "*" in path
+    if not pattern and not fs.exists(path):
+        raise UserError(f"input {url!r} does not exist")
+    if fs.isdir(path):
+        return "folder"
+    if path.endswith((".csv", ".jsonl")):
+        return "list"
+    if path.endswith(".tar") or pattern:
+        return "shards"
+    raise UserError(
+        f"cannot tell what {url!r} is; expected an image folder, a .csv/.jsonl list or .tar shards"
+    )
+
+
+def _unstrip(fs: fsspec.AbstractFileSystem, url: str, path: str) -> str:
+    """Full URL for a path listed by ``fs`` (keep the protocol of the input URL)."""
+    if "://" not in url:
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def folder_items(url: str, storage_options: dict) -> list[Item]:
+    fs, root = _fs(url, storage_options)
+    items = []
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        rel = posixpath.relpath(path, root)
+        parts = rel.split("/")
+        if len(parts) != 2 or not path.lower().endswith(IMAGE_EXTENSIONS):
+            continue  # only <class>/<image>; anything else is not part of the layout
+        items.append(Item(_unstrip(fs, url, path), parts[0], int(info.get("size") or 0)))
+    if not items:
+        raise UserError(f"no images found as {url!r}/<class>/<image>; expected the ImageNet layout")
+    return items
+
+
+def list_items(url: str, storage_options: dict) -> list[Item]:
+    """CSV with header (path,label) or JSONL objects {"path":..., "label":...}; relative paths
+    resolve against the list's folder."""
+    fs, path = _fs(url, storage_options)
+    base = posixpath.dirname(path)
+    with fs.open(path, "r") as f:
+        text = f.read()
+    if path.endswith(".jsonl"):
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    items = []
+    for n, row in enumerate(rows, start=1):
+        if "path" not in row or "label" not in row:
+            raise UserError(
+                f"{url!r} row {n}: expected fields 'path' and 'label', got {sorted(row)}"
+            )
+        src = str(row["path"])
+        if "://" not in src and not src.startswith("/"):
+            src = _unstrip(fs, url, posixpath.join(base, src))
+        items.append(Item(src, str(row["label"]), 0))
+    if not items:
+        raise UserError(f"{url!r} lists no samples")
+    return items
+
+
+def shard_items(url: str, storage_options: dict) -> list[Item]:
+    """Image members of existing tar shards (brace or glob patterns allowed)."""
+    from braceexpand import braceexpand
+
+    urls: list[str] = []
+    for pattern in braceexpand(url):
+        fs, path = _fs(pattern, storage_options)
+        matches = sorted(fs.glob(path)) if "*" in path else [path]
+        urls += [_unstrip(fs, pattern, m) for m in matches]
+    items = []
+    for shard_url in urls:
+        items += _members(shard_url, storage_options)
+    if not items:
+        raise UserError(f"no image samples in shards {url!r}")
+    return items
+
+
+def _members(shard_url: str, storage_options: dict) -> list[Item]:
+    images: dict[str, tuple[str, int]] = {}
+    labels: dict[str, str] = {}
+    with (
+        fsspec.open(shard_url, "rb", **storage_options) as f,
+        tarfile.open(fileobj=f, mode="r|") as tar,
+    ):
+        for member in tar:
+            if not member.isfile():
+                continue
+            stem, _, ext = member.name.partition(".")
+            if ("." + ext.lower()) in IMAGE_EXTENSIONS:
+                images[stem] = (member.name, member.size)
+            elif ext == "cls":
+                labels[stem] = tar.extractfile(member).read().decode().strip()
+    return [
+        Item(f"{shard_url}#{name}", labels.get(stem, ""), size)
+        for stem, (name, size) in sorted(images.items())
+    ]
+
+
+def enumerate_items(url: str, fmt: str, storage_options: dict) -> list[Item]:
+    fmt = detect_format(url, storage_options) if fmt == "auto" else fmt
+    readers = {"folder": folder_items, "list": list_items, "shards": shard_items}
+    return readers[fmt](url, storage_options)
+
+
+def split_member(source: str) -> tuple[str, str] | None:
+    """``"<shard>.tar#<member>"`` -> (shard url, member name); None for a plain path/URL."""
+    url, sep, name = source.partition("#")
+    return (url, name) if sep and url.endswith(".tar") else None
+
+
+def read_sources(sources: list[str], storage_options: dict) -> dict[str, bytes | Exception]:
+    """Bytes of each source, or the error that prevented reading it. Members of input shards are
+    collected in one streaming pass per shard."""
+    out: dict[str, bytes | Exception] = {}
+    wanted: dict[str, set[str]] = {}
+    for src in sources:
+        member = split_member(src)
+        if member is None:
+            try:
+                with fsspec.open(src, "rb", **storage_options) as f:
+                    out[src] = f.read()
+            except (OSError, ValueError) as e:
+                out[src] = e
+        else:
+            wanted.setdefault(member[0], set()).add(member[1])
+    for shard_url, names in wanted.items():
+        try:
+            with (
+                fsspec.open(shard_url, "rb", **storage_options) as f,
+                tarfile.open(fileobj=f, mode="r|") as tar,
+            ):
+                for m in tar:
+                    if m.name in names:
+                        out[f"{shard_url}#{m.name}"] = tar.extractfile(m).read()
+        except (OSError, tarfile.TarError) as e:
+            for name in names:
+                out.setdefault(f"{shard_url}#{name}", e)
+        for name in names:
+            out.setdefault(
+                f"{shard_url}#{name}", FileNotFoundError(f"{name!r} not in {shard_url!r}")
+            )
+    return out
