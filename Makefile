@@ -10,7 +10,7 @@ PIP := set -o pipefail; $(PY) -m pip install -q
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast test-slow demo bench bench-timm lint format clean
+.PHONY: setup test test-fast test-slow demo demo-data bench bench-timm lint format clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ test-slow: setup
 
 demo: setup
 	$(PY) jobs/demo.py
+
+demo-data: setup
+	$(PY) jobs/make_demo_data.py
 
 bench: setup
 	$(PY) -m benchmarks.run

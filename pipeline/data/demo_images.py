@@ -1,0 +1,181 @@
+"""Procedurally generated, natural-looking labelled images for the CPU demo and tests.
+
+A class is a (shape, surface pattern) pair: e.g. "ring with stripes", "star with dots". Colour,
+lighting, position, scale, rotation, background texture (1/f noise) and clutter are drawn per
+image and carry no label information, so a model has to learn shapes and textures, the way a
+real corpus forces it to. Deterministic in (seed, class, index).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+
+SHAPES = ("disc", "ring", "square", "triangle", "star", "cross", "hexagon", "crescent")
+PATTERNS = ("plain", "stripes", "dots", "checker")
+
+
+def class_spec(index: int) -> tuple[str, str]:
+    return SHAPES[index % len(SHAPES)], PATTERNS[(index // len(SHAPES)) % len(PATTERNS)]
+
+
+def class_name(index: int) -> str:
+    shape, pattern = class_spec(index)
+    return f"{index:03d}_{shape}_{pattern}"
+
+
+def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """1/f noise in [0, 1]: the power spectrum of natural images."""
+    freqs = np.fft.fftfreq(size)
+    radius = np.sqrt(freqs[:, None] ** 2 + freqs[None, :] ** 2)
+    radius[0, 0] = 1.0
+    spectrum = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))) / radius
+    field = np.real(np.fft.ifft2(spectrum))
+    return (field - field.min()) / (np.ptp(field) + 1e-9)
+
+
+def _random_colour(
+    rng: np.random.Generator, lightness: tuple[float, float]
+) -> tuple[int, int, int]:
+    r, g, b = colorsys.hls_to_rgb(rng.random(), rng.uniform(*lightness), rng.uniform(0.35, 0.95))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    if shape == "star":
+        pts = [(r if k % 2 == 0 else 0.45 * r, angle + k * math.pi / 5) for k in range(10)]
+    else:
+        n = {"square": 4, "triangle": 3, "hexagon": 6}[shape]
+        pts = [(r, angle + 2 * math.pi * k / n) for k in range(n)]
+    return [(cx + d * math.cos(a), cy + d * math.sin(a)) for d, a in pts]
+
+
+def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    r = size * rng.uniform(0.22, 0.36)
+    cx, cy = size * rng.uniform(0.35, 0.65), size * rng.uniform(0.35, 0.65)
+    angle = rng.uniform(0, 2 * math.pi)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "disc":
+        draw.ellipse(box, fill=255)
+    elif shape == "ring":
+        draw.ellipse(box, fill=255)
+        k = r * rng.uniform(0.45, 0.6)
+        draw.ellipse((cx - k, cy - k, cx + k, cy + k), fill=0)
+    elif shape == "crescent":
+        draw.ellipse(box, fill=255)
+        dx, dy = 0.5 * r * math.cos(angle), 0.5 * r * math.sin(angle)
+        draw.ellipse((cx - r + dx, cy - r + dy, cx + r + dx, cy + r + dy), fill=0)
+    elif shape == "cross":
+        w = r * 0.38
+        for a in (angle, angle + math.pi / 2):
+            ux, uy = math.cos(a), math.sin(a)
+            vx, vy = -uy * w, ux * w
+            draw.polygon(
+                [(cx - ux * r + vx, cy - uy * r + vy), (cx + ux * r + vx, cy + uy * r + vy),
+                 (cx + ux * r - vx, cy + uy * r - vy), (cx - ux * r - vx, cy - uy * r - vy)],
+                fill=255,
+            )  # fmt: skip
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r, angle), fill=255)
+    return mask
+
+
+def _pattern(pattern: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Surface modulation in [0.35, 1] for the shape's fill."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    period = rng.uniform(4.0, 7.0) * size / 64
+    theta = rng.uniform(0, math.pi)
+    u = xx * math.cos(theta) + yy * math.sin(theta)
+    v = -xx * math.sin(theta) + yy * math.cos(theta)
+    if pattern == "stripes":
+        m = 0.5 + 0.5 * np.sign(np.sin(2 * math.pi * u / period))
+    elif pattern == "checker":
+        m = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+    elif pattern == "dots":
+        fu, fv = (u / period) % 1 - 0.5, (v / period) % 1 - 0.5
+        m = ((fu**2 + fv**2) < 0.09).astype(np.float32)
+    else:
+        m = np.ones((size, size), np.float32)
+    return 0.35 + 0.65 * m
+
+
+def render(class_index: int, seed: int, index: int, size: int = 72) -> Image.Image:
+    """One image of class ``class_index``; (seed, class_index, index) determine every pixel."""
+    rng = np.random.default_rng([seed, class_index, index])
+    shape, pattern = class_spec(class_index)
+    work = size * 2  # draw at 2x and downsample: anti-aliased edges like a camera's
+    bg_a, bg_b = (
+        np.array(_random_colour(rng, (0.2, 0.8))),
+        np.array(_random_colour(rng, (0.2, 0.8))),
+    )
+    noise = _pink_noise(rng, work)[..., None]
+    canvas = bg_a * (1 - noise) + bg_b * noise
+    for _ in range(rng.integers(0, 4)):  # clutter: soft blobs that belong to no class
+        cy, cx = rng.uniform(0, work, 2).tolist()
+        rad = rng.uniform(0.05, 0.15) * work
+        yy, xx = np.mgrid[0:work, 0:work]
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rad**2))[..., None]
+        canvas = canvas * (1 - 0.6 * blob) + np.array(_random_colour(rng, (0.3, 0.7))) * 0.6 * blob
+    fg = np.array(_random_colour(rng, (0.25, 0.75)), np.float32)
+    fill = fg * _pattern(pattern, work, rng)[..., None]
+    mask = np.asarray(_shape_mask(shape, work, rng), np.float32)[..., None] / 255.0
+    canvas = canvas * (1 - mask) + fill * mask
+    yy, xx = np.mgrid[0:work, 0:work] / work  # lighting: a directional gradient
+    light = 0.75 + 0.5 * (rng.uniform(-1, 1) * (xx - 0.5) + rng.uniform(-1, 1) * (yy - 0.5))
+    canvas = canvas * light[..., None] * rng.uniform(0.8, 1.2)
+    canvas = canvas + rng.normal(0, 6, canvas.shape)
+    img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    return img.resize((size, size), Image.LANCZOS)
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+# ---- near-duplicate transforms (planted copies of reference images) ----------------------------
+
+TRANSFORMS = ("reencode", "resize", "crop", "flip", "colour", "grey", "text", "crop_flip_reencode")
+
+
+def near_duplicate(
+    img: Image.Image, transform: str, rng: np.random.Generator
+) -> tuple[Image.Image, int]:
+    """A transformed copy of ``img`` and the JPEG quality to store it with."""
+    img = img.copy()  # ImageDraw draws in place: never touch the caller's image
+    w, h = img.size
+    quality = 90
+    if transform in ("reencode", "crop_flip_reencode"):
+        quality = int(rng.integers(25, 55))
+    if transform == "resize":
+        s = rng.uniform(0.55, 0.8)
+        img = img.resize((round(w * s), round(h * s)), Image.BILINEAR).resize(
+            (w, h), Image.BILINEAR
+        )
+    if transform in ("crop", "crop_flip_reencode"):
+        frac = math.sqrt(rng.uniform(0.7, 0.9))  # keep 70-90% of the area
+        cw, ch = round(w * frac), round(h * frac)
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        img = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BICUBIC)
+    if transform in ("flip", "crop_flip_reencode"):
+        img = ImageOps.mirror(img)
+    if transform == "colour":
+        arr = np.asarray(img, np.float32) * rng.uniform(0.7, 1.3, 3) + rng.uniform(-25, 25, 3)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if transform == "grey":
+        img = ImageOps.grayscale(img).convert("RGB")
+    if transform == "text":
+        draw = ImageDraw.Draw(img)
+        words = ["SAMPLE", "(c) 2026", "stock", "photo", "DEMO"]
+        y = int(rng.integers(0, h - 12))
+        draw.text((int(rng.integers(0, w // 3)), y), str(rng.choice(words)), fill=(255, 255, 255),
+                  font=ImageFont.load_default())  # fmt: skip
+    return img, quality
