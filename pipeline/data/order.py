@@ -53,8 +53,18 @@ class GlobalOrder:
         self.block_shards = block_shards
         self.num_samples = sum(shard_sizes)
         self._shard_offsets = np.concatenate([[0], np.cumsum(shard_sizes)]).tolist()
+        self._make_caches()
+
+    def _make_caches(self) -> None:
         self._cache = lru_cache(maxsize=4)(self._block_order)
         self._epoch_cache = lru_cache(maxsize=2)(self._epoch_layout)
+
+    def __getstate__(self) -> dict:  # loader worker processes rebuild the caches
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_epoch_cache")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._make_caches()
 
     # ---- epoch layout ---------------------------------------------------------------------------
 
