@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import agc, model_step, timm_nfnet
+from benchmarks import agc, loader, model_step, timm_nfnet
 
-BENCHMARKS = {"model_step": model_step.run, "agc": agc.run}
+BENCHMARKS = {"model_step": model_step.run, "agc": agc.run, "loader": loader.run}
 OPTIONAL = {"timm_nfnet": timm_nfnet.run}  # needs packages outside our dependencies
 
 

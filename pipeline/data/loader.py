@@ -50,7 +50,7 @@ def image_member(members: dict[str, bytes]) -> bytes:
 
 
 def load_sample(reader: ShardReader, order: GlobalOrder, transform, seed: int, position: int):
-    """(image uint8 HWC, label) of the sample at a stream position; raises CorruptSample."""
+    """(image uint8 CHW, label, sample id) at a stream position; raises CorruptSample."""
     sample_id = order.samples(position, 1)[0]
     ref = order.locate(sample_id)
     members = reader.read(ref.shard, ref.index)
@@ -99,7 +99,7 @@ class RankBatches(torch.utils.data.Dataset):
             except CorruptSample as e:
                 errors.append(str(e))
                 continue
-            images.append(torch.from_numpy(image.copy()).permute(2, 0, 1))
+            images.append(image)
             labels.append(label)
             ids.append(sample_id)
         res = getattr(self.transform, "res", 0)

@@ -1,48 +1,77 @@
-"""Image transforms on encoded bytes: decode at reduced size when the crop allows (JPEG draft
-mode), crop and resize in one PIL pass, flip. Output uint8 HWC; normalisation happens on the
-training device. Randomness comes from a per-sample generator, so a sample's augmentation is a
-function of (seed, epoch, sample id) alone: identical across restarts, world sizes and workers."""
+"""Image transforms on encoded bytes -> uint8 CHW tensors; normalisation happens on the device.
+
+Fast path (measured in BENCHMARKS.md): JPEGs decode with libjpeg-turbo (simplejpeg), at a
+reduced DCT scale when the crop allows (1/2, 1/4, 1/8: the "draft mode" win when the crop is
+smaller than the source); the crop is a slice, and the resize is torch's vectorised antialiased
+uint8 bilinear kernel. Other formats decode with PIL. Randomness comes from a per-sample
+generator, so a sample's augmentation is a function of (seed, epoch, sample id) alone: identical
+across restarts, world sizes and loader workers.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
+import simplejpeg
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.ingest.encode import RejectedImage, open_image
+from pipeline.ingest.encode import MAX_PIXELS, RejectedImage, open_image
 
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+Box = tuple[float, float, float, float]
 
 
-def _decode_region(
-    img: Image.Image, box: tuple[float, float, float, float], out: int
-) -> Image.Image:
-    """Decode an opened (header-only) image and resample crop ``box`` (original pixel coords)
-    to out x out."""
-    w, h = img.size
-    if img.format == "JPEG":
-        # DCT-domain downscale (1/2, 1/4, 1/8) while the crop keeps >= out pixels per side.
-        side = min(box[2] - box[0], box[3] - box[1])
-        scale = 1
-        while scale < 8 and side / (scale * 2) >= out:
-            scale *= 2
-        if scale > 1:
-            img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-    try:
-        img = img.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise RejectedImage(f"truncated or corrupt image: {type(e).__name__}") from None
-    sx, sy = img.size[0] / w, img.size[1] / h
-    region = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-    return img.resize((out, out), Image.BILINEAR, box=region, reducing_gap=None)
+def image_size(data: bytes) -> tuple[int, int, bool]:
+    """(width, height, is_jpeg) from the header only; refuses bombs and non-images."""
+    if data[:2] == b"\xff\xd8":
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError as e:
+            raise RejectedImage(f"not a decodable JPEG: {e}") from None
+        if w * h > MAX_PIXELS:
+            raise RejectedImage(f"decompression bomb refused: {w}x{h} pixels > {MAX_PIXELS}")
+        return w, h, True
+    w, h = open_image(data).size
+    return w, h, False
+
+
+def decode_region(data: bytes, box: Box, out: int, exact: bool = False) -> torch.Tensor:
+    """Crop ``box`` (pixel coords of the full image) resampled to out x out, uint8 [3, out, out]."""
+    w, h, is_jpeg = image_size(data)
+    if is_jpeg:
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        # The decoder picks the smallest DCT scale whose output still holds >= out px of the crop.
+        min_w, min_h = math.ceil(w * out / max(bw, 1)), math.ceil(h * out / max(bh, 1))
+        try:
+            arr = simplejpeg.decode_jpeg(
+                data, colorspace="RGB", fastdct=not exact, fastupsample=not exact,
+                min_width=min(min_w, w), min_height=min(min_h, h),
+            )  # fmt: skip
+        except ValueError as e:
+            raise RejectedImage(f"truncated or corrupt JPEG: {e}") from None
+    else:
+        try:
+            arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise RejectedImage(f"truncated or corrupt image: {type(e).__name__}") from None
+    sy, sx = arr.shape[0] / h, arr.shape[1] / w
+    x0, y0 = int(box[0] * sx), int(box[1] * sy)
+    x1 = max(x0 + 1, min(arr.shape[1], round(box[2] * sx)))
+    y1 = max(y0 + 1, min(arr.shape[0], round(box[3] * sy)))
+    crop = torch.from_numpy(np.ascontiguousarray(arr[y0:y1, x0:x1])).permute(2, 0, 1)[None]
+    return F.interpolate(
+        crop, size=(out, out), mode="bilinear", antialias=True, align_corners=False
+    )[0]
 
 
 def random_resized_box(
     w: int, h: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
-) -> tuple[float, float, float, float]:
+) -> Box:
     """Inception-style crop: area fraction in ``scale``, log-uniform aspect ratio in ``ratio``."""
     area = w * h
     for _ in range(10):
@@ -56,18 +85,25 @@ def random_resized_box(
     return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
 
 
+def center_box(w: int, h: int, crop_pct: float) -> Box:
+    side = min(w, h) * crop_pct
+    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+
+
 class TrainTransform:
+    """Random-resized crop + horizontal flip (+ optional RandAugment) at ``res``."""
+
     def __init__(self, res: int, scale=(0.08, 1.0), flip: bool = True, randaugment=None) -> None:
         self.res, self.scale, self.flip, self.randaugment = res, tuple(scale), flip, randaugment
 
-    def __call__(self, data: bytes, rng: np.random.Generator) -> np.ndarray:
-        img = open_image(data)
-        img = _decode_region(img, random_resized_box(*img.size, rng, self.scale), self.res)
+    def __call__(self, data: bytes, rng: np.random.Generator) -> torch.Tensor:
+        w, h, _ = image_size(data)
+        img = decode_region(data, random_resized_box(w, h, rng, self.scale), self.res)
         if self.flip and rng.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            img = img.flip(-1)
         if self.randaugment is not None:
             img = self.randaugment(img, rng)
-        return np.asarray(img)
+        return img
 
 
 class EvalTransform:
@@ -76,12 +112,9 @@ class EvalTransform:
     def __init__(self, res: int, crop_pct: float = 0.875) -> None:
         self.res, self.crop_pct = res, crop_pct
 
-    def __call__(self, data: bytes, rng: np.random.Generator | None = None) -> np.ndarray:
-        img = open_image(data)
-        w, h = img.size
-        side = min(w, h) * self.crop_pct
-        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-        return np.asarray(_decode_region(img, box, self.res))
+    def __call__(self, data: bytes, rng: np.random.Generator | None = None) -> torch.Tensor:
+        w, h, _ = image_size(data)
+        return decode_region(data, center_box(w, h, self.crop_pct), self.res, exact=True)
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
