@@ -20,7 +20,7 @@ from pipeline.data.manifest import (
 )
 from pipeline.ingest.encode import EncodeSettings
 from pipeline.ingest.plan import ShardPlan, class_names, plan_shards
-from pipeline.ingest.sources import enumerate_items
+from pipeline.ingest.sources import Item, enumerate_items
 from pipeline.ingest.writer import existing_index, index_name, write_shard
 
 # Environment a Ray worker needs to reach the same storage as the driver (emulators, endpoints).
@@ -63,14 +63,21 @@ def _run_ray(todo: list[ShardPlan], args: tuple, bar: tqdm) -> list[ShardIndex]:
 
 
 def ingest(cfg: IngestConfig, progress: bool = True) -> Manifest:
+    """Enumerate the input, then write it as shards (see ``write_dataset``)."""
+    items = enumerate_items(cfg.input, cfg.format, cfg.storage_options)
+    return write_dataset(items, class_names(items), cfg, progress)
+
+
+def write_dataset(
+    items: list[Item], classes: list[str], cfg: IngestConfig, progress: bool = True
+) -> Manifest:
+    """Plan ``items`` into shards under ``cfg.output``, write the missing ones, then the manifest.
+    ``classes`` fixes the label indices (dedup keeps the pool's class map for its kept shards)."""
     start = time.perf_counter()
     opts = cfg.storage_options
-    items = enumerate_items(cfg.input, cfg.format, opts)
-    classes = class_names(items)
     class_index = {name: i for i, name in enumerate(classes)}
     settings = EncodeSettings(max_side=cfg.max_side, jpeg_quality=cfg.jpeg_quality)
     plans = plan_shards(items, cfg.prefix, cfg.shard_bytes, cfg.max_shard_samples, vars(settings))
-
     fs, out_dir = fsspec.core.url_to_fs(cfg.output, **opts)
     fs.makedirs(out_dir, exist_ok=True)
     done: dict[int, ShardIndex] = {}

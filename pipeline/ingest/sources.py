@@ -97,17 +97,22 @@ def list_items(url: str, storage_options: dict) -> list[Item]:
     return items
 
 
-def shard_items(url: str, storage_options: dict) -> list[Item]:
-    """Image members of existing tar shards (brace or glob patterns allowed)."""
+def expand_shards(url: str, storage_options: dict) -> list[str]:
+    """Shard URLs of a pattern: brace ranges ``{000000..000099}`` and globs, sorted per pattern."""
     from braceexpand import braceexpand
 
     urls: list[str] = []
     for pattern in braceexpand(url):
         fs, path = _fs(pattern, storage_options)
-        matches = sorted(fs.glob(path)) if "*" in path else [path]
+        matches = sorted(fs.glob(path)) if "*" in path or "?" in path else [path]
         urls += [_unstrip(fs, pattern, m) for m in matches]
+    return urls
+
+
+def shard_items(url: str, storage_options: dict) -> list[Item]:
+    """Image members of existing tar shards (brace or glob patterns allowed)."""
     items = []
-    for shard_url in urls:
+    for shard_url in expand_shards(url, storage_options):
         items += _members(shard_url, storage_options)
     if not items:
         raise UserError(f"no image samples in shards {url!r}")
