@@ -188,19 +188,15 @@ def test_memory_filesystem_round_trip(image_tree, tmp_path):
 
 
 @pytest.mark.e2e
-def test_gcs_round_trip_against_emulator(image_tree, tmp_path):
+@pytest.mark.parametrize(
+    "server,url", [(gcs_emulator, "gs://bucket/shards"), (s3_server, "s3://bucket/shards")]
+)
+def test_object_store_round_trip(image_tree, tmp_path, server, url):
+    """gs:// against the GCS emulator, s3:// against moto, both real servers on loopback."""
     local = ingest(_cfg(image_tree, tmp_path / "local", parallel=False), progress=False)
-    with gcs_emulator("bucket") as opts:
-        gcs = _round_trip(image_tree, "gs://bucket/shards", opts)
-    assert [s.sha256 for s in gcs.shards] == [s.sha256 for s in local.shards]
-
-
-@pytest.mark.e2e
-def test_s3_round_trip_against_moto(image_tree, tmp_path):
-    local = ingest(_cfg(image_tree, tmp_path / "local", parallel=False), progress=False)
-    with s3_server("bucket") as opts:
-        s3 = _round_trip(image_tree, "s3://bucket/shards", opts)
-    assert [s.sha256 for s in s3.shards] == [s.sha256 for s in local.shards]
+    with server("bucket") as opts:
+        remote = _round_trip(image_tree, url, opts)
+    assert [s.sha256 for s in remote.shards] == [s.sha256 for s in local.shards]
 
 
 @pytest.mark.e2e

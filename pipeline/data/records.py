@@ -4,14 +4,13 @@ input side of dedup, where a reference set may be 1.33M images and must never si
 from __future__ import annotations
 
 import posixpath
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
 
 from pipeline.config import UserError
-from pipeline.ingest.sources import IMAGE_EXTENSIONS, expand_shards
+from pipeline.ingest.sources import IMAGE_EXTENSIONS, expand_shards, image_of, label_of, scan_shard
 
 
 @dataclass(frozen=True)
@@ -45,27 +44,9 @@ def shard_records(url: str, storage_options: dict) -> Iterator[Record]:
     if not shards:
         raise UserError(f"no shards match {url!r}")
     for shard in shards:
-        pending: dict[str, dict] = {}
-        with (
-            fsspec.open(shard, "rb", **storage_options) as f,
-            tarfile.open(fileobj=f, mode="r|") as tar,
-        ):
-            for member in tar:
-                if not member.isfile():
-                    continue
-                stem, _, ext = member.name.partition(".")
-                if ext == "cls" or ("." + ext.lower()) in IMAGE_EXTENSIONS:  # never .pyd/.pickle
-                    entry = pending.setdefault(stem, {})
-                    entry[ext] = (member.name, tar.extractfile(member).read())
-        for stem in sorted(pending):
-            entry = pending[stem]
-            image = next(((n, d) for e, (n, d) in entry.items() if e != "cls"), None)
-            if image is None:
-                continue
-            label = entry["cls"][1].decode().strip() if "cls" in entry else ""
-            yield Record(
-                key=stem, source=stem, data=image[1], label=label, origin=f"{shard}#{image[0]}"
-            )
+        for stem, members in sorted(scan_shard(shard, storage_options, with_data=True).items()):
+            if (image := image_of(members)) is not None:
+                yield Record(stem, stem, image[2], label_of(members), f"{shard}#{image[0]}")
 
 
 def records(url: str, storage_options: dict | None = None) -> Iterator[Record]:

@@ -119,9 +119,13 @@ def shard_items(url: str, storage_options: dict) -> list[Item]:
     return items
 
 
-def _members(shard_url: str, storage_options: dict) -> list[Item]:
-    images: dict[str, tuple[str, int]] = {}
-    labels: dict[str, str] = {}
+def scan_shard(
+    shard_url: str, storage_options: dict, with_data: bool
+) -> dict[str, dict[str, tuple]]:
+    """Image and ``cls`` members of one tar, by sample stem: {stem: {ext: (name, size, bytes)}}.
+    Other members (``.pyd``, ``.pickle``, ...) are never read. ``bytes`` is None unless asked for,
+    except for ``cls`` (tiny, and needed for the label)."""
+    samples: dict[str, dict[str, tuple]] = {}
     with (
         fsspec.open(shard_url, "rb", **storage_options) as f,
         tarfile.open(fileobj=f, mode="r|") as tar,
@@ -130,14 +134,26 @@ def _members(shard_url: str, storage_options: dict) -> list[Item]:
             if not member.isfile():
                 continue
             stem, _, ext = member.name.partition(".")
-            if ("." + ext.lower()) in IMAGE_EXTENSIONS:
-                images[stem] = (member.name, member.size)
-            elif ext == "cls":
-                labels[stem] = tar.extractfile(member).read().decode().strip()
-    return [
-        Item(f"{shard_url}#{name}", labels.get(stem, ""), size)
-        for stem, (name, size) in sorted(images.items())
-    ]
+            if ext == "cls" or ("." + ext.lower()) in IMAGE_EXTENSIONS:
+                data = tar.extractfile(member).read() if with_data or ext == "cls" else None
+                samples.setdefault(stem, {})[ext] = (member.name, member.size, data)
+    return samples
+
+
+def label_of(members: dict[str, tuple]) -> str:
+    return members["cls"][2].decode().strip() if "cls" in members else ""
+
+
+def image_of(members: dict[str, tuple]) -> tuple | None:
+    return next((m for ext, m in members.items() if ext != "cls"), None)
+
+
+def _members(shard_url: str, storage_options: dict) -> list[Item]:
+    items = []
+    for _stem, members in sorted(scan_shard(shard_url, storage_options, with_data=False).items()):
+        if (image := image_of(members)) is not None:
+            items.append(Item(f"{shard_url}#{image[0]}", label_of(members), image[1]))
+    return items
 
 
 def enumerate_items(url: str, fmt: str, storage_options: dict) -> list[Item]:
