@@ -13,9 +13,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import agc, loader, model_step, timm_nfnet
+from benchmarks import agc, dedup_index, dedup_quality, loader, model_step, timm_nfnet
 
-BENCHMARKS = {"model_step": model_step.run, "agc": agc.run, "loader": loader.run}
+BENCHMARKS = {
+    "model_step": model_step.run,
+    "agc": agc.run,
+    "loader": loader.run,
+    "dedup_quality": dedup_quality.run,
+    "dedup_index": dedup_index.run,
+}
 OPTIONAL = {"timm_nfnet": timm_nfnet.run}  # needs packages outside our dependencies
 
 

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.dedup.index import KEYS_FILE, VECTORS_FILE, ReferenceIndex
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    refs = _unit(rng, 3000, 48)
+    queries = np.concatenate([refs[[7, 1500, 2999]] + 0.01, _unit(rng, 200, 48)])
+    keys = [f"ref/{i}" for i in range(len(refs))]
+    return refs, queries.astype(np.float32), keys
+
+
+def _brute_force(refs: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    # The index stores float16, so the reference answer uses the same rounded vectors.
+    return queries @ refs.astype(np.float16).astype(np.float32).T
+
+
+@pytest.mark.parametrize("ref_block,query_block", [(32768, 1024), (257, 50), (3, 101)])
+def test_top1_equals_numpy_brute_force(data, ref_block, query_block):
+    refs, queries, keys = data
+    index = ReferenceIndex.build(refs, keys)
+    scores, rows = index.search(queries, k=1, ref_block=ref_block, query_block=query_block)
+    sims = _brute_force(refs, queries)
+    assert scores.shape == rows.shape == (len(queries), 1)
+    assert (rows[:, 0] == sims.argmax(axis=1)).all()
+    assert np.allclose(scores[:, 0], sims.max(axis=1), atol=1e-5)
+    assert list(rows[:3, 0]) == [7, 1500, 2999]
+
+
+def test_topk_sorted_and_equal_to_brute_force(data):
+    refs, queries, keys = data
+    index = ReferenceIndex.build(refs, keys)
+    scores, rows = index.search(queries, k=5, ref_block=700, query_block=64)
+    sims = _brute_force(refs, queries)
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    assert (rows == expected).all()
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_k_larger_than_index_pads_with_minus_one():
+    index = ReferenceIndex.build(np.eye(3, dtype=np.float32), ["a", "b", "c"])
+    scores, rows = index.search(np.eye(3, dtype=np.float32)[:1], k=5)
+    assert list(rows[0]) == [0, 1, 2, -1, -1]
+    assert scores[0, 0] == 1.0 and np.isinf(scores[0, 3])
+
+
+def test_save_load_round_trip(tmp_path, data):
+    refs, queries, keys = data
+    index = ReferenceIndex.build(refs, keys)
+    index.save(str(tmp_path / "idx"))
+    assert json.loads((tmp_path / "idx" / KEYS_FILE).read_text()) == keys
+    assert (tmp_path / "idx" / VECTORS_FILE).stat().st_size > refs.size * 2
+    loaded = ReferenceIndex.load(str(tmp_path / "idx"))
+    assert loaded.keys == keys and loaded.vectors.dtype == torch.float16
+    assert torch.equal(loaded.vectors, index.vectors)
+    for a, b in zip(loaded.search(queries, k=3), index.search(queries, k=3), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_save_load_through_fsspec_memory(data):
+    refs, _, keys = data
+    ReferenceIndex.build(refs[:10], keys[:10]).save("memory://dedup-test/idx")
+    loaded = ReferenceIndex.load("memory://dedup-test/idx")
+    assert loaded.keys == keys[:10] and len(loaded) == 10
+
+
+def test_rejects_bad_input(data):
+    refs, queries, keys = data
+    with pytest.raises(ValueError, match="keys"):
+        ReferenceIndex.build(refs, keys[:-1])
+    bad = refs.copy()
+    bad[5, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ReferenceIndex.build(bad, keys)
+    with pytest.raises(ValueError, match="queries"):
+        ReferenceIndex.build(refs, keys).search(queries[:, :10])
+
+
+def test_load_refuses_a_file_without_float16_vectors(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "x").mkdir()
+    save_file({"vectors": torch.zeros(2, 4)}, str(tmp_path / "x" / VECTORS_FILE))  # float32
+    (tmp_path / "x" / KEYS_FILE).write_text('["a", "b"]')
+    with pytest.raises(ValueError, match="float16"):
+        ReferenceIndex.load(str(tmp_path / "x"))
