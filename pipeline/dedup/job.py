@@ -1,0 +1,86 @@
+"""The dedup job: reference + pool (folders or shard patterns, any fsspec URL) -> DIR with the kept
+pool as shards + manifest, and ``duplicates.jsonl`` (one audit object per removed pool image).
+
+Kept shards go through the ingest writer with the pool's *full* class map (computed before any
+removal), so class indices never shift when a class loses samples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import fsspec
+from pydantic import Field
+
+from pipeline.config import Section
+from pipeline.data.manifest import Manifest
+from pipeline.data.records import Record as SourceRecord
+from pipeline.data.records import records
+from pipeline.dedup.features import Record
+from pipeline.dedup.filter import (
+    DEFAULT_EMBEDDING_THRESHOLD,
+    DEFAULT_PHASH_MAX_DISTANCE,
+    DedupConfig,
+    DedupFilter,
+    FilterReport,
+)
+from pipeline.dedup.references import ReferenceSet
+from pipeline.ingest.plan import class_names
+from pipeline.ingest.run import IngestConfig, write_dataset
+from pipeline.ingest.sources import Item
+from pipeline.storage import atomic_write
+
+
+class DedupJobConfig(Section):
+    reference: str = Field(description="reference images: folder or shard pattern (fsspec URL)")
+    pool: str = Field(description="pool to filter: folder or shard pattern (fsspec URL)")
+    out: str = Field(description="output folder: kept shards, manifest, duplicates.jsonl")
+    threshold: float = Field(
+        DEFAULT_EMBEDDING_THRESHOLD, gt=0, le=1, description="embedding cosine"
+    )
+    phash_max_distance: int = Field(DEFAULT_PHASH_MAX_DISTANCE, ge=0, le=63)
+    prefix: str = Field("pool", pattern=r"^[A-Za-z0-9_.-]+$")
+    shard_bytes: int = Field(256 * 2**20, ge=1024)
+    storage_options: dict = Field(default_factory=dict)
+
+
+def _dedup_records(
+    source: Iterator[SourceRecord], seen: list[SourceRecord] | None
+) -> Iterator[Record]:
+    for rec in source:
+        if seen is not None:  # keep what is needed to re-read kept samples, not their bytes
+            seen.append(SourceRecord(rec.key, rec.source, b"", rec.label, rec.origin))
+        yield Record(rec.key, rec.source, rec.data)
+
+
+def run_dedup(cfg: DedupJobConfig, progress: bool = True) -> tuple[FilterReport, Manifest]:
+    start = time.perf_counter()
+    opts = cfg.storage_options
+    ref_records = records(cfg.reference, opts)  # validates both inputs before any heavy work
+    pool_records = records(cfg.pool, opts)
+    refs = ReferenceSet.build(_dedup_records(ref_records, None), progress=progress)
+    pool: list[SourceRecord] = []
+    filt = DedupFilter(
+        refs,
+        DedupConfig(phash_max_distance=cfg.phash_max_distance, embedding_threshold=cfg.threshold),
+    )
+    report = filt.run(_dedup_records(pool_records, pool), progress=progress)
+
+    dropped = {r["key"] for r in report.removed} | set(report.undecodable)
+    items = [Item(r.origin, r.label, 0) for r in pool]
+    kept = [Item(r.origin, r.label, 0) for r in pool if r.key not in dropped]
+    manifest = write_dataset(
+        kept,
+        class_names(items),
+        IngestConfig(input=cfg.pool, output=cfg.out, prefix=cfg.prefix, shard_bytes=cfg.shard_bytes,
+                     parallel=False, storage_options=opts),
+        progress=progress,
+    )  # fmt: skip
+    fs, out_dir = fsspec.core.url_to_fs(cfg.out, **opts)
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in report.removed)
+    atomic_write(fs, f"{out_dir}/duplicates.jsonl", lines.encode())
+    if progress:
+        print(f"{report.summary()} in {time.perf_counter() - start:.0f}s -> {cfg.out}")
+    return report, manifest
