@@ -29,11 +29,16 @@ def class_name(index: int) -> str:
 
 
 def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
-    """1/f noise in [0, 1]: the power spectrum of natural images."""
-    freqs = np.fft.fftfreq(size)
-    radius = np.sqrt(freqs[:, None] ** 2 + freqs[None, :] ** 2)
+    """1/f^slope noise in [0, 1], stretched along a random direction: natural images' spectra
+    fall off at different rates and are rarely isotropic (grass, bark, water, sky)."""
+    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :]
+    theta, stretch = rng.uniform(0, math.pi), rng.uniform(1.0, 4.0)
+    u = fx * math.cos(theta) + fy * math.sin(theta)
+    v = -fx * math.sin(theta) + fy * math.cos(theta)
+    radius = np.sqrt((u * stretch) ** 2 + v**2)
     radius[0, 0] = 1.0
-    spectrum = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))) / radius
+    slope = rng.uniform(0.7, 1.4)
+    spectrum = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))) / radius**slope
     field = np.real(np.fft.ifft2(spectrum))
     return (field - field.min()) / (np.ptp(field) + 1e-9)
 
@@ -105,17 +110,40 @@ def _pattern(pattern: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return 0.35 + 0.65 * m
 
 
+def _background(rng: np.random.Generator, work: int) -> np.ndarray:
+    """A scene-like backdrop, varied per image the way photographs vary: textured noise in two
+    colours, often with a grating (fences, waves, fabric) and sharp-edged clutter (objects)."""
+    a, b = np.array(_random_colour(rng, (0.15, 0.85))), np.array(_random_colour(rng, (0.15, 0.85)))
+    noise = _pink_noise(rng, work)[..., None]
+    canvas = a * (1 - noise) + b * noise
+    if rng.random() < 0.5:
+        yy, xx = np.mgrid[0:work, 0:work].astype(np.float32)
+        theta, period = rng.uniform(0, math.pi), rng.uniform(0.04, 0.3) * work
+        wave = np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period)
+        canvas = canvas * (1 + rng.uniform(0.1, 0.35) * wave[..., None])
+    img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 9))):
+        colour = _random_colour(rng, (0.1, 0.9))
+        x0, y0, x1, y1 = (rng.uniform(-0.2, 1.2, 4) * work).tolist()
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(1, work // 12)))
+        elif kind == 1:
+            draw.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=colour)
+        else:
+            draw.polygon(
+                [tuple(p) for p in (rng.uniform(-0.2, 1.2, (3, 2)) * work).tolist()], fill=colour
+            )
+    return np.asarray(img, np.float32)
+
+
 def render(class_index: int, seed: int, index: int, size: int = 72) -> Image.Image:
     """One image of class ``class_index``; (seed, class_index, index) determine every pixel."""
     rng = np.random.default_rng([seed, class_index, index])
     shape, pattern = class_spec(class_index)
     work = size * 2  # draw at 2x and downsample: anti-aliased edges like a camera's
-    bg_a, bg_b = (
-        np.array(_random_colour(rng, (0.2, 0.8))),
-        np.array(_random_colour(rng, (0.2, 0.8))),
-    )
-    noise = _pink_noise(rng, work)[..., None]
-    canvas = bg_a * (1 - noise) + bg_b * noise
+    canvas = _background(rng, work)
     for _ in range(rng.integers(0, 4)):  # clutter: soft blobs that belong to no class
         cy, cx = rng.uniform(0, work, 2).tolist()
         rad = rng.uniform(0.05, 0.15) * work
