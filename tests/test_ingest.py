@@ -103,6 +103,12 @@ def test_rerun_skips_complete_shards_and_rewrites_changed_ones(image_tree, tmp_p
     (image_tree / "emu" / "5.jpg").write_bytes(_jpeg(np.random.default_rng(9), 50, 40))
     ingest(_cfg(image_tree, out, parallel=False))
     assert "1 written" in capsys.readouterr().out
+    # A new class that shifts the class indices rewrites every shard (their cls members change).
+    (image_tree / "bat").mkdir()
+    (image_tree / "bat" / "0.jpg").write_bytes(_jpeg(np.random.default_rng(3), 30, 30))
+    shifted = ingest(_cfg(image_tree, out, parallel=False))
+    assert f"{len(shifted.shards)} written, 0 already complete" in capsys.readouterr().out
+    assert shifted.classes == ["bat", "cat", "dog", "emu"]
 
 
 def test_list_and_shard_inputs_give_the_same_images(image_tree, tmp_path):

@@ -77,7 +77,9 @@ def write_dataset(
     opts = cfg.storage_options
     class_index = {name: i for i, name in enumerate(classes)}
     settings = EncodeSettings(max_side=cfg.max_side, jpeg_quality=cfg.jpeg_quality)
-    plans = plan_shards(items, cfg.prefix, cfg.shard_bytes, cfg.max_shard_samples, vars(settings))
+    # The class map is part of every shard's fingerprint: a shifted index means new cls members.
+    fingerprinted = {**vars(settings), "classes": classes}
+    plans = plan_shards(items, cfg.prefix, cfg.shard_bytes, cfg.max_shard_samples, fingerprinted)
     fs, out_dir = fsspec.core.url_to_fs(cfg.output, **opts)
     fs.makedirs(out_dir, exist_ok=True)
     done: dict[int, ShardIndex] = {}
