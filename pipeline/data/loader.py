@@ -49,9 +49,11 @@ def image_member(members: dict[str, bytes]) -> bytes:
     raise CorruptSample("sample has no image member")
 
 
-def load_sample(reader: ShardReader, order: GlobalOrder, transform, seed: int, position: int):
-    """(image uint8 CHW, label, sample id) at a stream position; raises CorruptSample."""
-    sample_id = order.samples(position, 1)[0]
+def load_sample(
+    reader: ShardReader, order: GlobalOrder, transform, seed: int, position: int, sample_id: int
+):
+    """(image uint8 CHW, label) of ``sample_id``, which sits at stream ``position``; raises
+    CorruptSample."""
     ref = order.locate(sample_id)
     members = reader.read(ref.shard, ref.index)
     try:
@@ -61,7 +63,7 @@ def load_sample(reader: ShardReader, order: GlobalOrder, transform, seed: int, p
         )
     except (KeyError, ValueError, RejectedImage) as e:
         raise CorruptSample(f"sample {sample_id}: {e}") from None
-    return image, label, sample_id
+    return image, label
 
 
 class RankBatches(torch.utils.data.Dataset):
@@ -91,10 +93,12 @@ class RankBatches(torch.utils.data.Dataset):
         if not 0 <= i < len(self):
             raise IndexError(i)
         images, labels, ids, errors = [], [], [], []
-        for pos in self.positions(i):
+        positions = self.positions(i)
+        sample_ids = self.order.samples(positions.start, len(positions))  # one lookup per batch
+        for pos, sample_id in zip(positions, sample_ids, strict=True):
             try:
-                image, label, sample_id = load_sample(
-                    self.reader, self.order, self.transform, self.order.seed, pos
+                image, label = load_sample(
+                    self.reader, self.order, self.transform, self.order.seed, pos, sample_id
                 )
             except CorruptSample as e:
                 errors.append(str(e))

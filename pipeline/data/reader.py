@@ -40,6 +40,7 @@ class ShardReader:
         self._indexes: dict[int, ShardIndex] = {}
         self._shards: OrderedDict[int, bytes] = OrderedDict()
         self._fs = None
+        self._root = fsspec.core.url_to_fs(self.directory, **self.storage_options)[1]
 
     def __getstate__(self) -> dict:  # loader workers get a fresh cache and filesystem handle
         state = dict(self.__dict__)
@@ -53,7 +54,7 @@ class ShardReader:
         return self._fs
 
     def _path(self, name: str) -> str:
-        return fsspec.core.url_to_fs(f"{self.directory}/{name}", **self.storage_options)[1]
+        return f"{self._root}/{name}"
 
     def index(self, shard: int) -> ShardIndex:
         if shard not in self._indexes:

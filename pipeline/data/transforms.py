@@ -40,9 +40,16 @@ def image_size(data: bytes) -> tuple[int, int, bool]:
     return w, h, False
 
 
-def decode_region(data: bytes, box: Box, out: int, exact: bool = False) -> torch.Tensor:
-    """Crop ``box`` (pixel coords of the full image) resampled to out x out, uint8 [3, out, out]."""
-    w, h, is_jpeg = image_size(data)
+def decode_region(
+    data: bytes,
+    box: Box,
+    out: int,
+    exact: bool = False,
+    size: tuple[int, int, bool] | None = None,
+) -> torch.Tensor:
+    """Crop ``box`` (pixel coords of the full image) resampled to out x out, uint8 [3, out, out].
+    ``size`` is ``image_size(data)`` when the caller already read the header."""
+    w, h, is_jpeg = size or image_size(data)
     if is_jpeg:
         # DCT-domain downscale by 1/2, 1/4 or 1/8 while the crop keeps >= out px per side. Only
         # powers of two: libjpeg-turbo's other M/8 factors take slow IDCT paths (measured slower
@@ -101,8 +108,10 @@ class TrainTransform:
         self.res, self.scale, self.flip, self.randaugment = res, tuple(scale), flip, randaugment
 
     def __call__(self, data: bytes, rng: np.random.Generator) -> torch.Tensor:
-        w, h, _ = image_size(data)
-        img = decode_region(data, random_resized_box(w, h, rng, self.scale), self.res)
+        size = image_size(data)
+        img = decode_region(
+            data, random_resized_box(*size[:2], rng, self.scale), self.res, size=size
+        )
         if self.flip and rng.random() < 0.5:
             img = img.flip(-1)
         if self.randaugment is not None:
@@ -117,8 +126,9 @@ class EvalTransform:
         self.res, self.crop_pct = res, crop_pct
 
     def __call__(self, data: bytes, rng: np.random.Generator | None = None) -> torch.Tensor:
-        w, h, _ = image_size(data)
-        return decode_region(data, center_box(w, h, self.crop_pct), self.res, exact=True)
+        size = image_size(data)
+        box = center_box(*size[:2], self.crop_pct)
+        return decode_region(data, box, self.res, exact=True, size=size)
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -21,6 +21,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors
 
+from pipeline.storage import is_local
+
 FORMAT = "pipeline.dedup.ReferenceIndex/1"
 VECTORS_FILE = "vectors.safetensors"
 KEYS_FILE = "keys.json"
@@ -108,7 +110,7 @@ class ReferenceIndex:
         fs.makedirs(root, exist_ok=True)
         meta = {"format": FORMAT, "count": str(len(self)), "dim": str(self.dim)}
         tensors = {"vectors": self.vectors.cpu()}
-        if _is_local(fs):  # streams to disk: no second in-memory copy of the matrix
+        if is_local(fs):  # streams to disk: no second in-memory copy of the matrix
             save_file(tensors, f"{root}/{VECTORS_FILE}", metadata=meta)
         else:
             with fs.open(f"{root}/{VECTORS_FILE}", "wb") as f:
@@ -119,7 +121,7 @@ class ReferenceIndex:
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> ReferenceIndex:
         fs, root = fsspec.core.url_to_fs(path)
-        if _is_local(fs):  # memory-mapped read: no bytes copy of the file in memory
+        if is_local(fs):  # memory-mapped read: no bytes copy of the file in memory
             tensors = load_file(f"{root}/{VECTORS_FILE}")
         else:
             with fs.open(f"{root}/{VECTORS_FILE}", "rb") as f:
@@ -132,8 +134,3 @@ class ReferenceIndex:
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ValueError(f"{path}/{KEYS_FILE} must hold a JSON list of strings")
         return cls(vectors, keys, device)
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return "file" in protocols
