@@ -18,11 +18,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from safetensors.torch import load_file
+import torch
+from safetensors.torch import load_file, save_file
 
 from pipeline.data.demo_set import DemoDataConfig, build_demo_data
 from pipeline.data.manifest import read_manifest
 from pipeline.data.order import GlobalOrder
+from pipeline.models import create_model
 from pipeline.train.spawn import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,3 +241,64 @@ def test_dry_run_of_the_paper_point_at_cluster_scale():
     bad = _pretrain(["--config", "configs/pretrain/nfnet_f7plus.yaml", "--dry-run",
                      "cluster.workers=512"])  # fmt: skip
     assert bad.returncode == 2 and "not a multiple of train.micro_batch=16" in bad.stderr
+
+
+def _finetune_args(data: Path, run_dir: Path, source: Path) -> list[str]:
+    return ["--config", "configs/finetune/nano.yaml", f"data.train={data / 'train'}",
+            f"data.val={data / 'val'}", f"run.dir={run_dir}", f"init.from_run={source}",
+            "train.epochs=0.8", "train.global_batch=16", "train.micro_batch=4",
+            "train.sam_ascent_fraction=0.5", "train.log_every=1", "data.resolution=64",
+            "data.eval_resolution=80", "data.val_samples=16"]  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_finetune_from_the_pretraining_run_evaluates_at_higher_resolution(
+    reference_run, tiny_data, tmp_path
+):
+    run_dir = tmp_path / "ft"
+    out = subprocess.run([PY, "jobs/finetune.py", *_finetune_args(tiny_data, run_dir, reference_run)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    _ray_stop()
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "initialised afresh: fc.weight, fc.bias" in log
+    summary = json.loads((run_dir / "final" / "summary.json").read_text())
+    assert summary["resolution"] == 64 and summary["eval_resolution"] == 80
+    assert summary["init_from"] == str(reference_run / "final" / "model_ema.safetensors")
+    assert 0 <= summary["heldout_top1"] <= summary["heldout_top5"] <= 1
+    assert (
+        f"finetune: top-1 {summary['heldout_top1']:.4f}" in out.stdout and "at 80 px" in out.stdout
+    )
+    # The backbone starts from the pretrained EMA weights, not from a fresh initialisation.
+    source = load_file(str(reference_run / "final" / "model_ema.safetensors"))
+    tuned = _weights(run_dir)
+    torch.manual_seed(123)
+    fresh = create_model("nfnet_nano0", num_classes=4).state_dict()
+    stem = next(k for k in tuned if k.startswith("stem") and k.endswith("weight"))
+    assert (tuned[stem] - source[stem]).norm() < 0.1 * (fresh[stem] - source[stem]).norm()
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        (
+            "init.from_run=/nonexistent/run",
+            "/nonexistent/run/final/model_ema.safetensors not found",
+        ),
+        ("data.eval_resolution=64", "expected a higher evaluation resolution"),
+        ("model.name=nfnet_nano1", "holds nfnet_nano0 weights but model.name=nfnet_nano1"),
+        ("cluster.zero_stage=3", "sam_rho > 0 needs cluster.zero_stage 0, 1 or 2"),
+    ],
+)
+def test_finetune_bad_input_is_one_line_before_ray_starts(tiny_data, tmp_path, override, expected):
+    source = tmp_path / "weights.safetensors"
+    torch.manual_seed(0)
+    save_file(create_model("nfnet_nano0", num_classes=4).state_dict(), str(source),
+              metadata={"model": "nfnet_nano0", "classes": "4"})  # fmt: skip
+    args = [*_finetune_args(tiny_data, tmp_path / "ft", source), override]
+    out = subprocess.run([PY, "jobs/finetune.py", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith("error: ") and expected in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Ray" not in out.stdout + out.stderr

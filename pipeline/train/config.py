@@ -75,6 +75,18 @@ class TrainSection(Section):
     deterministic: bool = True
     sample_log: bool = False  # <run.dir>/samples/rank*.jsonl: sample ids of every step (audit)
     peak_tflops: float | None = Field(None, gt=0)  # per worker, for MFU; None: known GPUs only
+    sam_rho: float = Field(0.0, ge=0)  # SAM radius (SPEC §5); 0: plain SGD steps
+    sam_ascent_fraction: float = Field(1.0, gt=0, le=1)  # share of each micro-batch for ascent
+
+
+class InitSection(Section):
+    """Start from another run's weights (fine-tuning): its final/ weights, or a .safetensors."""
+
+    from_run: str | None = None  # a run directory (or URL), or a .safetensors file
+    weights: Literal["ema", "live"] = (
+        "ema"  # final/model_ema.safetensors or final/model.safetensors
+    )
+    keep_head: bool = False  # keep the classifier (same classes); default: a fresh head
 
 
 class ClusterSection(Section):
@@ -93,12 +105,27 @@ class PretrainConfig(Section):
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     cluster: ClusterSection = Field(default_factory=ClusterSection)
+    init: InitSection = Field(default_factory=InitSection)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> PretrainConfig:
         solve_batch(self.train, self.cluster.workers)  # raises with the numbers
         if self.train.precision == "bf16" and not self.cluster.use_gpu:
             raise ValueError("train.precision=bf16 needs cluster.use_gpu=true; use fp32 on CPU")
+        if self.train.sam_rho and self.cluster.zero_stage == 3:
+            # ZeRO-3 holds each rank's slice of the weights only; the local ascent needs them all.
+            raise ValueError("train.sam_rho > 0 needs cluster.zero_stage 0, 1 or 2, not 3")
+        return self
+
+
+class FinetuneConfig(PretrainConfig):
+    """A pretraining config that starts from a finished run: the same loop, checkpoints and
+    resume, with init.from_run required (SAM, dropout and stochastic depth come from the YAML)."""
+
+    @model_validator(mode="after")
+    def _has_source(self) -> FinetuneConfig:
+        if not self.init.from_run:
+            raise ValueError("init.from_run is required; expected a pretraining run directory")
         return self
 
 
@@ -154,6 +181,7 @@ def resolved_precision(train: TrainSection, use_gpu: bool) -> str:
 __all__ = [
     "BatchPlanError",
     "ConfigError",
+    "FinetuneConfig",
     "PretrainConfig",
     "resolved_precision",
     "solve_batch",

@@ -78,10 +78,10 @@ class HeldOut:
     def loss(
         self, model: torch.nn.Module, rank: int, world: int, batch: int, device, dtype
     ) -> dict[str, float]:
-        """Mean cross-entropy and top-1 over the whole split (summed across ranks)."""
+        """Mean cross-entropy, top-1 and top-5 over the whole split (summed across ranks)."""
         was_training = model.training
         model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+        totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1, count, top-5
         for images, labels in self._batches(rank, world, batch):
             logits = model(normalize(images.to(device), dtype)).float()
             labels = labels.to(device)
@@ -91,8 +91,11 @@ class HeldOut:
                 totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
                 totals[1] += (logits.argmax(1) == labels).sum()
                 totals[2] += len(labels)
+                top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                totals[3] += (top5 == labels[:, None]).any(1).sum()
         if dist.is_initialized():
             dist.all_reduce(totals)
         model.train(was_training)
         n = max(totals[2].item(), 1.0)
-        return {"loss": totals[0].item() / n, "top1": totals[1].item() / n, "count": int(n)}
+        return {"loss": totals[0].item() / n, "top1": totals[1].item() / n,
+                "top5": totals[3].item() / n, "count": int(n)}  # fmt: skip

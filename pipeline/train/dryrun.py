@@ -20,7 +20,7 @@ from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.models import create_model
 from pipeline.models.summary import count_macs
 from pipeline.optim.schedules import scaled_lr
-from pipeline.train.compute import PEAK_BF16_TFLOPS
+from pipeline.train.compute import PEAK_BF16_TFLOPS, sam_factor
 from pipeline.train.config import PretrainConfig, resolved_precision, solve_batch, total_steps
 
 ASSUMED_MFU = 0.45
@@ -87,7 +87,7 @@ def dry_run(cfg: PretrainConfig, mfu: float = ASSUMED_MFU) -> str:
     macs = count_macs(model, cfg.data.resolution)
     bytes_per = 2 if precision == "bf16" else 4
     acts = activation_bytes(model, cfg.data.resolution, micro, bytes_per)
-    flops_step = 6.0 * macs * tc.global_batch
+    flops_step = 6.0 * macs * tc.global_batch * sam_factor(tc.sam_rho, tc.sam_ascent_fraction)
     peak = tc.peak_tflops or PEAK_BF16_TFLOPS["H100"]
     step_s = flops_step / (cl.workers * peak * 1e12 * mfu)
     lines = [

@@ -72,6 +72,11 @@ class Engine:
     def micro_step(self, loss: torch.Tensor) -> ClipStats | None:
         """Backward one micro-batch; on the accumulation boundary clip, then update."""
         self.engine.backward(loss)
+        return self.step()
+
+    def step(self) -> ClipStats | None:
+        """After a backward (SAM: after the weights are restored): AGC on the accumulation
+        boundary, then DeepSpeed's step (which only counts micro-batches between boundaries)."""
         stats = self.agc() if self.engine.is_gradient_accumulation_boundary() else None
         self.engine.step()
         return stats

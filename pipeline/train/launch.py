@@ -19,6 +19,7 @@ from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.storage import is_local
 from pipeline.train.config import PretrainConfig
 from pipeline.train.tracking import default_tracking_uri
+from pipeline.train.warmstart import check_source
 
 # Passed through to the workers (storage emulators, credentials files, MLflow), never logged.
 PASS_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "AWS_ENDPOINT_URL",
@@ -52,6 +53,10 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
         )
     if val is not None and val.classes != train.classes:
         raise UserError(f"data.val {data.val} has a different class map than data.train")
+    if cfg.init.from_run:
+        init = cfg.init.model_copy(update={"from_run": absolute(cfg.init.from_run)})
+        check_source(init, cfg.model.name, classes)
+        cfg = cfg.model_copy(update={"init": init})
     if not cfg.run.mlflow_uri:
         try:  # a remote run.dir needs a tracking server: say so now, not from every worker
             default_tracking_uri(cfg.run.dir)

@@ -2,8 +2,10 @@
 
     setup    config -> data (global order, this rank's slice) -> model -> DeepSpeed engine + AGC
     resume   the latest complete checkpoint Ray hands back: engine, loader cursor, RNG, EMA
-    train    per step: LR from warmup+cosine, `accum` micro-batches (forward, backward), AGC on
-             the averaged gradient at the boundary, SGD step, EMA; logs, held-out, checkpoints
+             (a fine-tune first loads its pretrained weights, fresh head; a checkpoint wins)
+    train    per step: LR from warmup+cosine, `accum` micro-batches (forward, backward; with
+             SAM the backward runs at this rank's own ascent point), AGC on the averaged
+             gradient at the boundary, SGD step, EMA; logs, held-out, checkpoints
     finish   held-out loss (live and EMA weights), consolidated safetensors, summary, MLflow
 
 Every rank runs the same code; rank 0 alone writes files outside checkpoints and talks to MLflow.
@@ -29,10 +31,11 @@ from pipeline.data.loader import BatchPlan
 from pipeline.data.order import Cursor
 from pipeline.data.transforms import normalize
 from pipeline.models import create_model
+from pipeline.optim.sam import ascent_count, perturbed
 from pipeline.optim.schedules import scaled_lr, warmup_cosine
 from pipeline.storage import atomic_write
 from pipeline.train import checkpoint
-from pipeline.train.compute import mfu, peak_tflops, train_flops_per_image
+from pipeline.train.compute import mfu, peak_tflops, sam_factor, train_flops_per_image
 from pipeline.train.config import (
     PretrainConfig,
     resolved_precision,
@@ -45,6 +48,7 @@ from pipeline.train.ema import Ema
 from pipeline.train.engine import build_engine, deepspeed_config
 from pipeline.train.export import full_state_dict, save_safetensors
 from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
+from pipeline.train.warmstart import load_weights, source_path
 
 
 @dataclass
@@ -88,11 +92,18 @@ def train_worker(config: dict) -> None:
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank and every attempt
     model = create_model(cfg.model.name, num_classes=classes, **_model_overrides(cfg)).to(device)
     params = sum(p.numel() for p in model.parameters())
+    if cfg.init.from_run:
+        fresh = load_weights(model, source_path(cfg.init), cfg.init.keep_head)
+        _say(
+            rank,
+            f"weights from {source_path(cfg.init)}; initialised afresh: {', '.join(fresh) or 'none'}",
+        )
     ds_config = deepspeed_config(micro, accum, world, cfg.cluster.zero_stage, precision,
                                  cfg.cluster.use_gpu, params)  # fmt: skip
     run = Run(cfg, rank, world, device, torch.bfloat16 if precision == "bf16" else torch.float32,
               micro, accum, steps, classes, params,
-              train_flops_per_image(cfg.model.name, classes, cfg.data.resolution), ds_config)  # fmt: skip
+              train_flops_per_image(cfg.model.name, classes, cfg.data.resolution)
+              * sam_factor(tc.sam_rho, tc.sam_ascent_fraction), ds_config)  # fmt: skip
     engine = build_engine(model, ds_config, peak_lr, tc.momentum, tc.nesterov, tc.weight_decay,
                           tc.agc_clipping, tc.agc_eps)  # fmt: skip
     ema = Ema(engine.engine, tc.ema_decay) if tc.ema_decay else None
@@ -127,11 +138,9 @@ def train_worker(config: dict) -> None:
         for _ in range(accum):
             batch = next(batches)
             images = normalize(batch["images"].to(device), run.dtype)
-            logits = engine.engine(images)
-            loss = F.cross_entropy(logits.float(), batch["labels"].to(device),
-                                   label_smoothing=tc.label_smoothing)  # fmt: skip
-            clip = engine.micro_step(loss) or clip
-            losses.append(loss.detach())
+            loss, stats = _micro_step(engine, images, batch["labels"].to(device), tc)
+            clip = stats or clip
+            losses.append(loss)
             ids += batch["sample_ids"].tolist()
             skipped += len(batch["skipped"])
         if ema is not None:
@@ -198,7 +207,11 @@ def _finish(run: Run, engine, ema, heldout, state, losses) -> dict:
         "device_hours": state.elapsed_s * world / 3600,
         "final_train_loss": _mean(torch.stack(losses).mean(), world) if losses else None,
         "heldout_loss": evaluation.get("loss"), "heldout_top1": evaluation.get("top1"),
-        "heldout_loss_ema": ema_eval.get("loss"), "heldout_top1_ema": ema_eval.get("top1"),
+        "heldout_top5": evaluation.get("top5"), "heldout_loss_ema": ema_eval.get("loss"),
+        "heldout_top1_ema": ema_eval.get("top1"), "heldout_top5_ema": ema_eval.get("top5"),
+        "resolution": cfg.data.resolution,
+        "eval_resolution": cfg.data.eval_resolution or cfg.data.resolution,
+        "init_from": source_path(cfg.init) if cfg.init.from_run else None,
         "heldout_history": state.history, "skipped_samples": state.skipped_samples,
         "workers": world, "zero_stage": cfg.cluster.zero_stage, "run_dir": cfg.run.dir,
         "mlflow_run_id": state.mlflow_run_id, "deepspeed": run.ds_config,
@@ -215,6 +228,27 @@ def _finish(run: Run, engine, ema, heldout, state, losses) -> dict:
         _say(rank, f"done: held-out loss {summary['heldout_loss']}, {images} images,"
                    f" {summary['train_flops']:.3g} FLOPs -> {cfg.run.dir}/final")  # fmt: skip
     return summary
+
+
+def _micro_step(engine, images: torch.Tensor, labels: torch.Tensor, tc) -> tuple:
+    """Forward and backward of one micro-batch (update on the accumulation boundary); returns
+    the loss at the current weights and the AGC stats of an update. With SAM (SPEC §5) the
+    backward runs at w + e, e from this rank's own gradient on the first ascent_fraction."""
+
+    def loss_of(model, x, y):
+        return F.cross_entropy(model(x).float(), y, label_smoothing=tc.label_smoothing)
+
+    if not tc.sam_rho:
+        loss = loss_of(engine.engine, images, labels)
+        return loss.detach(), engine.micro_step(loss)
+    k = ascent_count(len(labels), tc.sam_ascent_fraction)
+    weights = [p for p in engine.module.parameters() if p.requires_grad]
+    # The ascent runs on the bare module: no engine hooks, no communication.
+    with perturbed(
+        weights, lambda: loss_of(engine.module, images[:k], labels[:k]), tc.sam_rho
+    ) as loss:
+        engine.engine.backward(loss_of(engine.engine, images, labels))
+    return loss, engine.step()
 
 
 def _model_overrides(cfg: PretrainConfig) -> dict:
