@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None}
     doc = run_report(build_config(ReportJobConfig, given))
     p = doc["parametric"]
-    coef = ", ".join(f"{k}={p[k]['value']:.4g}" for k in ("E", "A", "B", "alpha", "beta"))
+    if "skipped" in p:
+        coef = f"parametric fit skipped ({p['skipped']})"
+    else:
+        coef = ", ".join(f"{k}={p[k]['value']:.4g}" for k in ("E", "A", "B", "alpha", "beta"))
     print(f"fit on {doc['table']['points_fitted']} points: {coef} -> {args.out}")
     return 0
 

@@ -94,6 +94,40 @@ def test_cli_on_a_sweep_table(tmp_path, sweep_csv):
     assert "| s | 2e+07 |" in (out / "report.md").read_text()  # the runs table
 
 
+def test_cli_on_a_small_sweep_skips_the_parametric_fit(tmp_path):
+    """2 models x 2 epoch budgets: 4 points, too few for Approach 3 (6+): the report is still
+    written, with the frontier, the LR trend and the runs, and says why the parametric fit is
+    missing."""
+    spec = SweepSpec(models=(("m", 7.0e7, 3.7e10), ("l", 2.5e8, 1.1e11)), epochs=(1.0, 4.0),
+                     lrs=(1.6,), noise=0.003)  # fmt: skip
+    rows = sweep_rows(spec)
+    assert len(rows) == 4 and set(rows[0]) == {
+        "model", "params", "epochs", "lr", "images_seen", "flops", "device_hours",
+        "heldout_loss", "status", "run_dir", "mlflow_run_id",
+    }  # fmt: skip
+    out = tmp_path / "report"
+    proc = run_cli("--results", write_rows(tmp_path / "small.csv", rows), "--out", out,
+                   "--bootstrap", "20")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("fit on 4 points: parametric fit skip")
+    doc = json.loads((out / "fit.json").read_text())
+    reason = doc["parametric"]["skipped"]
+    assert set(doc["parametric"]) == {"skipped"} and reason in line
+    assert "4 usable (N, D) point(s)" in reason and "2 model size(s) and 2 data size(s)" in reason
+    assert "at least 6" in reason
+    assert doc["table"]["points_fitted"] == 4 and doc["frontier"]["points"] >= 2
+    assert doc["frontier"]["law"] is not None and doc["lr_trend"]["points"] == 4
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for text in (md, page):
+        assert f"skipped: {reason}" in text and "parametric.png" not in text
+    assert "| model | params | epochs | lr | data | compute | loss | fitted | frontier |" in md
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert "loss_vs_compute.png" in images and all((out / name).is_file() for name in images)
+    assert (out / "loss_vs_compute.png").is_file() and (out / "optimal.png").is_file()
+    assert not (out / "parametric.png").exists()
+
+
 def write_rows(path: Path, rows: list[dict]) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -103,16 +137,18 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 def bad_tables(tmp: Path, sweep: Path) -> dict[str, list[str]]:
-    few = sweep_rows(SweepSpec(lrs=(1.6,)))[:3]
-    one_size = [r for r in sweep_rows(SweepSpec(lrs=(1.6,))) if r["model"] == "m"]
+    one = sweep_rows(SweepSpec(lrs=(1.6,)))[:1]
+    none_finished = [{**r, "status": "failed"} for r in sweep_rows(SweepSpec(lrs=(1.6,)))[:4]]
     words = sweep_rows(SweepSpec(lrs=(1.6,)))
     words[4]["params"] = "huge"
     out = str(tmp / "o")
     return {
         "not found": ["--results", str(tmp / "missing.csv"), "--out", out],
         "no params column 'nope'": ["--results", str(sweep), "--out", out, "--params-col", "nope"],
-        "needs at least 6": ["--results", str(write_rows(tmp / "few.csv", few)), "--out", out],
-        "2+ of each": ["--results", str(write_rows(tmp / "one.csv", one_size)), "--out", out],
+        "1 usable (N, D) point(s); a scaling report needs at least 2":
+            ["--results", str(write_rows(tmp / "one.csv", one)), "--out", out],
+        "0 usable (N, D) point(s)":
+            ["--results", str(write_rows(tmp / "none.csv", none_finished)), "--out", out],
         "is 'huge'; expected a number": ["--results", str(write_rows(tmp / "w.csv", words)),
                                          "--out", out],
         "not allowed with argument": ["--results", str(sweep), "--out", out,

@@ -11,6 +11,7 @@ from pipeline.config import UserError
 from pipeline.scaling import (
     Columns,
     HuberObjective,
+    analyse,
     bootstrap_parametric,
     compute_frontier,
     fit_frontier,
@@ -19,6 +20,7 @@ from pipeline.scaling import (
     fit_pure_law,
     fit_saturating_law,
     read_table,
+    summary,
 )
 from pipeline.scaling.lbfgs import minimize_batch
 from pipeline.scaling.synthetic import SweepSpec, sweep_rows, write_sweep_csv
@@ -215,3 +217,20 @@ def test_read_table_rejects_bad_values(tmp_path, edit, message):
     with pytest.raises(UserError, match="line 6") as e:
         read_table(str(path))
     assert message in str(e.value)
+
+
+def test_analyse_skips_the_parametric_fit_when_points_are_too_few(tmp_path):
+    # One model over 6 budgets: 6 points but 1 model size; 2 models x 2 budgets: 4 points.
+    one_model = [r for r in sweep_rows(SweepSpec(lrs=(0.8, 1.6))) if r["model"] == "m"]
+    spec = SweepSpec(models=SweepSpec().models[:2], epochs=(1.0, 4.0), lrs=(1.6,))
+    cases = {"1 model size(s) and 6 data size(s)": one_model, "4 usable": sweep_rows(spec)}
+    for expected, rows in cases.items():
+        a = analyse(read_table(str(write_sweep_csv(tmp_path / "t.csv", rows))), n_boot=10)
+        assert a.parametric is None and a.bootstrap is None
+        assert expected in a.parametric_skipped and "needs at least 6" in a.parametric_skipped
+        assert a.frontier.pure is not None and a.frontier_rows.size >= 2
+        doc = summary(a)
+        assert doc["parametric"] == {"skipped": a.parametric_skipped}
+        assert doc["bootstrap"]["samples"] == 10 and doc["frontier"]["law"]["ci95"]["b"]
+    fitted = analyse(read_table(str(write_sweep_csv(tmp_path / "t.csv", sweep_rows()))), n_boot=0)
+    assert fitted.parametric is not None and fitted.parametric_skipped is None

@@ -33,10 +33,16 @@ def _figure(panels: int = 1) -> tuple[Figure, list]:
 
 def _save(fig: Figure, path: Path) -> None:
     """Log axes spanning under two decades get 1-2-5 (under one: 1..9) ticks in plain numbers: the
-    default labels every minor tick there in scientific notation, which overlaps."""
+    default labels every minor tick there in scientific notation, which overlaps. A log axis over
+    one value (e.g. N of a one-model frontier) gets a factor 1.5 either side: matplotlib's own
+    margin there is float noise, and its ticks then swamp the layout."""
     for ax in fig.axes:
-        for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        for axis, set_lim in ((ax.xaxis, ax.set_xlim), (ax.yaxis, ax.set_ylim)):
+            lim = axis.get_view_interval()
             span = max(lim) / min(lim) if min(lim) > 0 else np.inf
+            if axis.get_scale() == "log" and span < 1.0 + 1e-6:
+                set_lim(min(lim) / 1.5, max(lim) * 1.5)
+                span = 1.5**2
             if axis.get_scale() == "log" and span < 100:
                 subs = np.arange(1.0, 10.0) if span < 10 else (1.0, 2.0, 5.0)
                 axis.set_major_locator(LogLocator(subs=subs))
@@ -100,9 +106,12 @@ def plot_loss_vs_compute(a: ScalingAnalysis, path: Path) -> None:
 
 
 def plot_parametric(a: ScalingAnalysis, path: Path) -> None:
-    """Loss vs data per model with the Approach-3 surface through it; predicted vs observed."""
-    fig, (ax, ax2) = _figure(2)
+    """Loss vs data per model with the Approach-3 surface through it; predicted vs observed.
+    Nothing is written when the parametric fit was skipped."""
     t, fit = a.table, a.parametric
+    if fit is None:
+        return
+    fig, (ax, ax2) = _figure(2)
     models = _models(a)
     colours, legend = _colours(fig, ax, models)
     step = max(1, len(models) // MAX_LEGEND_MODELS)
@@ -176,11 +185,10 @@ def plot_lr(a: ScalingAnalysis, path: Path) -> None:
 
 def write_figures(a: ScalingAnalysis, out: Path) -> list[tuple[str, str]]:
     """All figures that the data allows, as (file name, caption)."""
-    figures = [
-        ("loss_vs_compute.png", "Held-out loss vs compute", plot_loss_vs_compute),
-        ("parametric.png", "Approach-3 parametric fit", plot_parametric),
-        ("optimal.png", "Compute-optimal model size and budget", plot_optimal),
-    ]
+    figures = [("loss_vs_compute.png", "Held-out loss vs compute", plot_loss_vs_compute)]
+    if a.parametric is not None:
+        figures.append(("parametric.png", "Approach-3 parametric fit", plot_parametric))
+    figures.append(("optimal.png", "Compute-optimal model size and budget", plot_optimal))
     if a.lr_trend is not None:
         figures.append(("lr.png", "Best learning rate vs budget", plot_lr))
     for name, _, plot in figures:

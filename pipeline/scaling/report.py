@@ -24,12 +24,21 @@ def _ci(ci: list[float] | None) -> str:
 
 
 def _law_rows(doc: dict) -> list[list[str]]:
-    """(quantity, value, 95% interval) rows for every fitted coefficient."""
+    """(quantity, value, 95% interval) rows for every fitted coefficient; one row saying why when
+    the parametric fit was skipped."""
     p = doc["parametric"]
+    if "skipped" in p:
+        return [["parametric L(N, D)", f"skipped: {p['skipped']}", "-"], *_frontier_rows(doc)]
     rows = [[f"parametric {n}", _num(p[n]["value"]), _ci(p[n]["ci95"])] for n in NAMES]
     for key, label in (("params_exponent", "N_opt ~ C^x"), ("data_exponent", "D_opt ~ C^x")):
         q = p["allocation_if_compute_prop_to_ND"][key]
         rows.append([f"parametric {label} (C ~ N D)", _num(q["value"]), _ci(q["ci95"])])
+    return rows + _frontier_rows(doc)
+
+
+def _frontier_rows(doc: dict) -> list[list[str]]:
+    """The frontier-law and LR-trend rows of the coefficient table."""
+    rows: list[list[str]] = []
     f = doc["frontier"]
     if f["law_with_E"]:
         law = f["law_with_E"]
@@ -56,18 +65,20 @@ def _law_rows(doc: dict) -> list[list[str]]:
 
 
 def _run_rows(a: ScalingAnalysis) -> tuple[list[str], list[list[str]]]:
-    """Every usable run by compute: its coordinates, loss, the parametric fit there, and whether
-    it was fitted (best LR of its point) and is on the frontier."""
+    """Every usable run by compute: its coordinates, loss, the parametric fit there (a column only
+    when there is a fit), and whether it was fitted (best LR of its point) and is on the
+    frontier."""
     t = a.table
     frontier, fitted = set(a.frontier_rows.tolist()), set(a.fit_rows.tolist())
     optional = [(name, v) for name, v in (("epochs", t.epochs), ("lr", t.lr)) if v is not None]
-    head = ["model", "params", *(name for name, _ in optional)]
-    head += ["data", "compute", "loss", "fit", "fitted", "frontier"]
-    pred = a.parametric.predict(t.params, t.data)
+    pred = None if a.parametric is None else a.parametric.predict(t.params, t.data)
+    head = ["model", "params", *(name for name, _ in optional), "data", "compute", "loss"]
+    head += [*([] if pred is None else ["fit"]), "fitted", "frontier"]
     rows = []
     for i in np.argsort(t.compute, kind="stable"):
         row = [t.models[i], _num(t.params[i]), *(_num(v[i]) for _, v in optional)]
-        row += [_num(t.data[i]), _num(t.compute[i]), _num(t.loss[i]), _num(pred[i])]
+        row += [_num(t.data[i]), _num(t.compute[i]), _num(t.loss[i])]
+        row += [] if pred is None else [_num(pred[i])]
         row += ["yes" if i in fitted else "", "yes" if i in frontier else ""]
         rows.append(row)
     return head, rows
@@ -88,15 +99,20 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _notes(doc: dict) -> list[str]:
-    t, b = doc["table"], doc["bootstrap"]
+    t, b, p = doc["table"], doc["bootstrap"], doc["parametric"]
     skipped = ", ".join(f"{v} {k}" for k, v in t["skipped"].items() if v) or "none"
+    if "skipped" in p:
+        parametric = f"Parametric fit L(N, D) = E + A/N^alpha + B/D^beta skipped: {p['skipped']}."
+    else:
+        parametric = ("Parametric: L(N, D) = E + A/N^alpha + B/D^beta, Huber (delta "
+                      f"{p['huber_delta']:g}) on log L, L-BFGS from a grid of starts.")  # fmt: skip
+    laws = "frontier-law" if "skipped" in p else "parametric and frontier-law"
     return [
         f"Source: `{t['path']}`; {t['rows_used']} rows used ({skipped} skipped); "
         f"{t['points_fitted']} (N, D) points fitted.",
         f"Data D = `{t['data']}`; compute C = `{t['compute']}`.",
-        "Parametric: L(N, D) = E + A/N^alpha + B/D^beta, Huber (delta "
-        f"{doc['parametric']['huber_delta']:g}) on log L, L-BFGS from a grid of starts.",
-        f"95% intervals of the parametric and frontier-law coefficients: percentiles 2.5/97.5 of "
+        parametric,
+        f"95% intervals of the {laws} coefficients: percentiles 2.5/97.5 of "
         f"{b['samples']} row-bootstrap refits (seed {b['seed']}); of the N_opt, D_opt, epochs_opt "
         "and LR exponents: the log-log regression's t-interval.",
     ]

@@ -22,6 +22,7 @@ class RunSection(Section):
     seed: int = 0
     experiment: str = "pretrain"
     mlflow_uri: str | None = None  # default: sqlite:///<run.dir parent>/mlflow.db
+    mlflow_parent: str | None = None  # a parent run id (sweeps): this run is nested under it
 
 
 class ModelSection(Section):

@@ -72,7 +72,7 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
-def _init_ray(cfg: PretrainConfig) -> None:
+def init_ray(cfg: PretrainConfig) -> None:
     import ray
 
     if ray.is_initialized():
@@ -94,7 +94,7 @@ def launch(cfg: PretrainConfig) -> dict:
     from pipeline.train.loop import train_worker
 
     cfg = preflight(cfg)
-    _init_ray(cfg)
+    init_ray(cfg)
     cl = cfg.cluster
     backend = cl.backend if cl.backend != "auto" else ("nccl" if cl.use_gpu else "gloo")
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}

@@ -267,7 +267,7 @@ def _tracker(cfg: PretrainConfig, rank: int, state) -> Tracker:
         return Tracker()
     uri = cfg.run.mlflow_uri or default_tracking_uri(cfg.run.dir)
     name = os.path.basename(cfg.run.dir.rstrip("/"))
-    parent = os.environ.get("NFSCALE_MLFLOW_PARENT_RUN")  # set by sweeps: a nested run
+    parent = cfg.run.mlflow_parent or os.environ.get("NFSCALE_MLFLOW_PARENT_RUN")  # nested
     return MlflowTracker(uri, cfg.run.experiment, name, cfg.run.dir, state.mlflow_run_id, parent)
 
 

@@ -67,6 +67,7 @@ class MlflowTracker(Tracker):
         run_dir: str,
         run_id: str | None = None,
         parent_run_id: str | None = None,
+        system_metrics: bool = True,
     ) -> None:
         import mlflow
 
@@ -84,7 +85,7 @@ class MlflowTracker(Tracker):
             mlflow.set_experiment(experiment)
         run = mlflow.start_run(
             run_id=run_id, run_name=None if run_id else run_name, tags=tags,
-            log_system_metrics=True,
+            log_system_metrics=system_metrics,
         )  # fmt: skip
         self.run_id = run.info.run_id
         fs.makedirs(root, exist_ok=True)

@@ -1,0 +1,163 @@
+"""Run a sweep: validate every point, open the parent MLflow run, then keep as many points
+training on Ray as the cluster fits, recording each outcome in the results table.
+
+Each point is one Ray task that runs `pipeline.train.launch.launch` (a Ray Train TorchTrainer
+with its own workers, checkpoints and restarts). Ray queues trainers whose workers do not fit
+yet; `max_concurrent` (default: what the cluster's CPUs or GPUs hold) keeps the rest waiting
+here instead. Re-running the same sweep skips finished points and resumes the others from
+their checkpoints (same run directories). A failed point is recorded and does not stop the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+from pipeline.config import UserError
+from pipeline.storage import is_local
+from pipeline.sweep.config import SweepConfig, point_config
+from pipeline.sweep.plan import Grid, LrSearch, Point
+from pipeline.sweep.results import ResultsTable
+from pipeline.train.config import PretrainConfig
+from pipeline.train.launch import absolute, init_ray, preflight
+from pipeline.train.tracking import MlflowTracker
+
+
+@dataclass
+class SweepOutcome:
+    results: str
+    finished: list[str]
+    failed: list[str]
+    skipped: list[str]
+    parent_run_id: str
+    tracking_uri: str
+
+
+def tracking_uri(cfg: SweepConfig, sweep_dir: str) -> str:
+    if cfg.sweep.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return cfg.sweep.mlflow_uri or os.environ["MLFLOW_TRACKING_URI"]
+    fs, root = fsspec.core.url_to_fs(sweep_dir)
+    if not is_local(fs):
+        raise UserError(
+            f"sweep.dir={sweep_dir!r} is remote: set sweep.mlflow_uri to a tracking server"
+        )
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(root) / 'mlflow.db'}"
+
+
+class Sweep:
+    def __init__(self, cfg: SweepConfig) -> None:
+        s = cfg.sweep
+        self.cfg, self.dir = cfg, absolute(s.dir).rstrip("/")
+        self.base = cfg.base_dict()
+        self.uri = tracking_uri(cfg, self.dir)
+        self.table = ResultsTable(f"{self.dir}/results.csv")
+        self.plan = (LrSearch(s.models, s.epochs, s.lr_multipliers[0]) if s.lr_search
+                     else Grid(s.models, s.epochs, s.lr_multipliers))  # fmt: skip
+        self.parent: str | None = None
+
+    def config(self, p: Point) -> PretrainConfig:
+        return point_config(self.base, f"{self.dir}/runs/{p.name}", p.model, p.epochs,
+                            p.lr_multiplier, self.uri, self.parent)  # fmt: skip
+
+    def check(self) -> PretrainConfig:
+        """Every point the grid can name (LR search: at its first multiplier) validates and
+        passes preflight: bad input stops the sweep before Ray starts."""
+        s = self.cfg.sweep
+        multipliers = s.lr_multipliers[:1] if s.lr_search else s.lr_multipliers
+        configs = [preflight(self.config(Point(m, e, x)))
+                   for m in s.models for e in s.epochs for x in multipliers]  # fmt: skip
+        self.table.rows()  # a table with the wrong columns fails now, not after a point
+        return configs[0]
+
+    def record(
+        self, p: Point, status: str, summary: dict | None, wall: float, error: str = ""
+    ) -> dict:
+        s = summary or {}
+        row = {
+            "model": p.model, "params": s.get("params"), "epochs": p.epochs,
+            "lr": self.config(p).train.base_lr, "images_seen": s.get("images_seen"),
+            "flops": s.get("train_flops"), "device_hours": s.get("device_hours"),
+            "heldout_loss": s.get("heldout_loss"), "status": status,
+            "run_dir": f"{self.dir}/runs/{p.name}", "mlflow_run_id": s.get("mlflow_run_id"),
+            "point": p.name, "lr_multiplier": p.lr_multiplier, "wall_s": round(wall, 2),
+            "train_s": s.get("train_seconds"), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "error": error[:300],
+        }  # fmt: skip
+        self.table.append(row)
+        return row
+
+
+def _capacity(cfg: PretrainConfig) -> int:
+    import ray
+
+    have = ray.cluster_resources()
+    cl = cfg.cluster
+    if cl.use_gpu:
+        return max(1, int(have.get("GPU", 0) // cl.workers))
+    return max(1, int(have.get("CPU", 1) // (cl.workers * cl.cpus_per_worker)))
+
+
+def _launch_point(config: dict) -> dict:
+    from pipeline.train.launch import launch  # in the task's process
+
+    return launch(PretrainConfig.model_validate(config))
+
+
+def run_sweep(cfg: SweepConfig) -> SweepOutcome:
+    import ray
+
+    sweep = Sweep(cfg)
+    first = sweep.check()
+    # No system metrics here: the driver idles, and the points' own runs sample their workers.
+    tracker = MlflowTracker(sweep.uri, cfg.sweep.experiment, os.path.basename(sweep.dir),
+                            sweep.dir, system_metrics=False)  # fmt: skip
+    sweep.parent = tracker.run_id
+    tracker.log_params({"sweep": cfg.sweep.model_dump(mode="json"), "base": cfg.base})
+    init_ray(first)
+    limit = cfg.sweep.max_concurrent or _capacity(first)
+    task = ray.remote(num_cpus=0, max_retries=0)(_launch_point)  # restarts: Ray Train's own
+    outcomes = sweep.table.latest()
+    queue: list[Point] = []
+    running: dict = {}  # ObjectRef -> (point, start time)
+    done = {"finished": [], "failed": [], "skipped": []}
+    print(
+        f"sweep: {sweep.dir}, up to {limit} point(s) at once, parent MLflow run {sweep.parent}",
+        flush=True,
+    )
+    while True:
+        for p in sweep.plan.ready(outcomes):
+            if outcomes.get(p.name, {}).get("status") == "finished":
+                done["skipped"].append(p.name)
+                print(f"sweep: {p.name} finished before, skipped", flush=True)
+            else:
+                queue.append(p)
+        while queue and len(running) < limit:
+            p = queue.pop(0)
+            print(f"sweep: {p.name} started", flush=True)
+            running[task.remote(sweep.config(p).model_dump(mode="json"))] = (p, time.perf_counter())
+        if not running:
+            break
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        p, start = running.pop(ref)
+        try:
+            summary, status, error = ray.get(ref), "finished", ""
+        except Exception as e:  # a failed point is recorded; the sweep goes on
+            summary, status, error = None, "failed", str(e).strip().splitlines()[-1]
+        outcomes[p.name] = sweep.record(p, status, summary, time.perf_counter() - start, error)
+        done[status].append(p.name)
+        loss = f"held-out loss {summary['heldout_loss']:.4f}" if summary else error
+        print(f"sweep: {p.name} {status}: {loss}", flush=True)
+        if summary:
+            tracker.log_metrics({f"heldout_loss/{p.name}": summary["heldout_loss"]}, 0)
+    if sweep.table.fs.exists(sweep.table.root):
+        tracker.log_text(sweep.table.fs.cat_file(sweep.table.root).decode(), "results.csv")
+    tracker.log_text(json.dumps(done, indent=1), "outcome.json")
+    tracker.close("FAILED" if done["failed"] else "FINISHED")
+    return SweepOutcome(sweep.table.path, done["finished"], done["failed"], done["skipped"],
+                        sweep.parent, sweep.uri)  # fmt: skip
