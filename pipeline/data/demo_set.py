@@ -10,6 +10,7 @@ shards/{train,val,reference}/ WebDataset shards + manifests, written by the real
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,7 +20,14 @@ from PIL import Image
 from pydantic import Field
 
 from pipeline.config import Section
-from pipeline.data.demo_images import TRANSFORMS, class_name, jpeg_bytes, near_duplicate, render
+from pipeline.data.demo_images import (
+    GENERATOR,
+    TRANSFORMS,
+    class_name,
+    jpeg_bytes,
+    near_duplicate,
+    render,
+)
 from pipeline.ingest.run import IngestConfig, ingest
 
 # Different seeds per split: no val or reference image is a pool image unless planted on purpose.
@@ -89,9 +97,15 @@ def _plant_duplicates(cfg: DemoDataConfig, root: Path) -> list[dict]:
 def build_demo_data(cfg: DemoDataConfig) -> Path:
     root = Path(cfg.out)
     stamp = root / "demo_data.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("config") == cfg.model_dump():
-        print(f"demo data: up to date in {root}")
-        return root
+    wanted = {"config": cfg.model_dump(), "generator": GENERATOR}
+    if stamp.exists():
+        built = json.loads(stamp.read_text())
+        if {k: built.get(k) for k in wanted} == wanted:
+            print(f"demo data: up to date in {root}")
+            return root
+        stamp.unlink()  # another config or generator: rebuild from nothing, no stale shards kept
+        for old in ("raw", "shards"):
+            shutil.rmtree(root / old, ignore_errors=True)
     start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     raw = root / "raw"
@@ -113,7 +127,7 @@ def build_demo_data(cfg: DemoDataConfig) -> Path:
             )
         )
         counts[split] = manifest.num_samples
-    stamp.write_text(json.dumps({"config": cfg.model_dump(), "samples": counts}, indent=1))
+    stamp.write_text(json.dumps({**wanted, "samples": counts}, indent=1))
     print(
         f"demo data: {counts['train']} pool images ({len(planted)} planted near-duplicates), "
         f"{counts['val']} held-out, {counts['reference']} reference, {cfg.classes} classes, "
