@@ -22,11 +22,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PIP) -c $(CONSTRAINTS) -e '.[dev]' $(QUIET_PIP)
 	@touch $(STAMP)
 
+# The default suite: every real end-to-end path (Ray + DeepSpeed runs, kill -9 and resume, the
+# demo chain at a reduced size); the slow group (big models, extra ZeRO stages) runs alone.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not e2e"
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

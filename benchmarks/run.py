@@ -19,6 +19,8 @@ from benchmarks import (
     dedup_quality,
     loader,
     model_step,
+    scaling_fit,
+    sweep_overhead,
     timm_nfnet,
     zero_step,
 )
@@ -30,6 +32,8 @@ BENCHMARKS = {
     "dedup_quality": dedup_quality.run,
     "dedup_index": dedup_index.run,
     "zero_step": zero_step.run,
+    "scaling_fit": scaling_fit.run,
+    "sweep_overhead": sweep_overhead.run,
 }
 OPTIONAL = {"timm_nfnet": timm_nfnet.run}  # needs packages outside our dependencies
 

@@ -34,8 +34,8 @@ def test_summary_bad_input(args, message):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_demo_job_shows_loss_falling():
-    out = run("jobs/demo.py", "steps=12", "warmup_steps=2", "batch=16")
+def test_quickstart_shows_loss_falling():
+    out = run("jobs/quickstart.py", "steps=12", "warmup_steps=2", "batch=16")
     assert out.returncode == 0, out.stderr
     assert "held-out loss" in out.stdout and out.stdout.count("\n") >= 5
 
@@ -48,8 +48,8 @@ def test_demo_job_shows_loss_falling():
         ("model=nfnet_x", "error: bad config value model='nfnet_x': unknown model"),
     ],
 )
-def test_demo_bad_input_is_one_line(override, message):
-    out = run("jobs/demo.py", override)
+def test_quickstart_bad_input_is_one_line(override, message):
+    out = run("jobs/quickstart.py", override)
     assert out.returncode == 2
     assert out.stderr.strip().startswith(message) and len(out.stderr.strip().splitlines()) == 1
 

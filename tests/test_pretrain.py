@@ -21,10 +21,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.config import load_config
 from pipeline.data.demo_set import DemoDataConfig, build_demo_data
 from pipeline.data.manifest import read_manifest
 from pipeline.data.order import GlobalOrder
 from pipeline.models import create_model
+from pipeline.train.config import PretrainConfig
+from pipeline.train.launch import finished_summary, preflight
 from pipeline.train.spawn import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,12 +186,13 @@ def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp
     again = json.loads((run_dir / "final" / "summary.json").read_text())
     assert again["heldout_loss"] == first["heldout_loss"]
     done = _pretrain(_args(tiny_data, run_dir))  # a finished run launched again: a no-op
-    _ray_stop()
-    assert (
-        done.returncode == 0
-        and f"resuming from step {STEPS} of {STEPS}" in done.stdout + done.stderr
-    )
+    assert done.returncode == 0 and "finished before (12 steps, same config)" in done.stdout
+    assert "Ray" not in done.stdout + done.stderr  # nothing was started
     _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
+    same = load_config(PretrainConfig, "configs/pretrain/nano.yaml", _args(tiny_data, run_dir))
+    assert finished_summary(preflight(same))["steps"] == STEPS
+    changed = same.model_copy(update={"train": same.train.model_copy(update={"epochs": 9.6})})
+    assert finished_summary(preflight(changed)) is None  # goes to Ray, which resumes
 
 
 @pytest.mark.e2e
@@ -249,33 +253,6 @@ def _finetune_args(data: Path, run_dir: Path, source: Path) -> list[str]:
             "train.epochs=0.8", "train.global_batch=16", "train.micro_batch=4",
             "train.sam_ascent_fraction=0.5", "train.log_every=1", "data.resolution=64",
             "data.eval_resolution=80", "data.val_samples=16"]  # fmt: skip
-
-
-@pytest.mark.e2e
-def test_finetune_from_the_pretraining_run_evaluates_at_higher_resolution(
-    reference_run, tiny_data, tmp_path
-):
-    run_dir = tmp_path / "ft"
-    out = subprocess.run([PY, "jobs/finetune.py", *_finetune_args(tiny_data, run_dir, reference_run)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
-    _ray_stop()
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    log = out.stdout + out.stderr
-    assert "initialised afresh: fc.weight, fc.bias" in log
-    summary = json.loads((run_dir / "final" / "summary.json").read_text())
-    assert summary["resolution"] == 64 and summary["eval_resolution"] == 80
-    assert summary["init_from"] == str(reference_run / "final" / "model_ema.safetensors")
-    assert 0 <= summary["heldout_top1"] <= summary["heldout_top5"] <= 1
-    assert (
-        f"finetune: top-1 {summary['heldout_top1']:.4f}" in out.stdout and "at 80 px" in out.stdout
-    )
-    # The backbone starts from the pretrained EMA weights, not from a fresh initialisation.
-    source = load_file(str(reference_run / "final" / "model_ema.safetensors"))
-    tuned = _weights(run_dir)
-    torch.manual_seed(123)
-    fresh = create_model("nfnet_nano0", num_classes=4).state_dict()
-    stem = next(k for k in tuned if k.startswith("stem") and k.endswith("weight"))
-    assert (tuned[stem] - source[stem]).norm() < 0.1 * (fresh[stem] - source[stem]).norm()
 
 
 @pytest.mark.parametrize(

@@ -94,15 +94,27 @@ def _plant_duplicates(cfg: DemoDataConfig, root: Path) -> list[dict]:
     return records
 
 
+def _wanted(cfg: DemoDataConfig) -> dict:
+    return {"config": cfg.model_dump(), "generator": GENERATOR}
+
+
+def demo_data_ready(cfg: DemoDataConfig) -> bool:
+    """True when cfg.out holds demo data built from this config by this generator."""
+    stamp = Path(cfg.out) / "demo_data.json"
+    if not stamp.exists():
+        return False
+    built = json.loads(stamp.read_text())
+    return {k: built.get(k) for k in _wanted(cfg)} == _wanted(cfg)
+
+
 def build_demo_data(cfg: DemoDataConfig) -> Path:
     root = Path(cfg.out)
     stamp = root / "demo_data.json"
-    wanted = {"config": cfg.model_dump(), "generator": GENERATOR}
+    wanted = _wanted(cfg)
+    if demo_data_ready(cfg):
+        print(f"demo data: up to date in {root}")
+        return root
     if stamp.exists():
-        built = json.loads(stamp.read_text())
-        if {k: built.get(k) for k in wanted} == wanted:
-            print(f"demo data: up to date in {root}")
-            return root
         stamp.unlink()  # another config or generator: rebuild from nothing, no stale shards kept
         for old in ("raw", "shards"):
             shutil.rmtree(root / old, ignore_errors=True)

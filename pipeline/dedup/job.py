@@ -8,6 +8,7 @@ removal), so class indices never shift when a class loses samples.
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ import fsspec
 from pydantic import Field
 
 from pipeline.config import Section
-from pipeline.data.manifest import Manifest
+from pipeline.data.manifest import Manifest, read_manifest
 from pipeline.data.records import Record as SourceRecord
 from pipeline.data.records import records
 from pipeline.dedup.features import DEFAULT_VIEW_SIDE, Record
@@ -58,6 +59,18 @@ def _dedup_records(
         yield Record(rec.key, rec.source, rec.data)
 
 
+def _manifest_classes(pool: str, opts: dict) -> list[str] | None:
+    """Shards carry integer labels; when they sit beside one ingest manifest, its class names
+    keep the kept pool's class map the same as the source's (and its sibling splits')."""
+    if not (pool.endswith(".tar") or "*" in pool or "{" in pool):
+        return None
+    fs, path = fsspec.core.url_to_fs(pool, **opts)
+    found = fs.glob(f"{posixpath.dirname(path)}/*.manifest.json")
+    if len(found) != 1:
+        return None
+    return read_manifest(fs.unstrip_protocol(found[0]), opts).classes
+
+
 def run_dedup(cfg: DedupJobConfig, progress: bool = True) -> tuple[FilterReport, Manifest]:
     start = time.perf_counter()
     opts = cfg.storage_options
@@ -74,11 +87,15 @@ def run_dedup(cfg: DedupJobConfig, progress: bool = True) -> tuple[FilterReport,
     report = filt.run(_dedup_records(pool_records, pool), progress=progress)
 
     dropped = {r["key"] for r in report.removed} | set(report.undecodable)
-    items = [Item(r.origin, r.label, 0) for r in pool]
-    kept = [Item(r.origin, r.label, 0) for r in pool if r.key not in dropped]
+    names = _manifest_classes(cfg.pool, opts)
+
+    def item(r: SourceRecord) -> Item:
+        return Item(r.origin, names[int(r.label)] if names else r.label, 0)
+
+    kept = [item(r) for r in pool if r.key not in dropped]
     manifest = write_dataset(
         kept,
-        class_names(items),
+        names or class_names([item(r) for r in pool]),
         IngestConfig(input=cfg.pool, output=cfg.out, prefix=cfg.prefix, shard_bytes=cfg.shard_bytes,
                      parallel=False, storage_options=opts),
         progress=progress,

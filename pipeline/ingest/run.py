@@ -7,6 +7,7 @@ import time
 from typing import Literal
 
 import fsspec
+import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
@@ -39,6 +40,10 @@ class IngestConfig(Section):
     max_side: int = Field(512, ge=16)
     jpeg_quality: int = Field(90, ge=1, le=100)
     parallel: bool = True
+    # Items are written in a seeded random order (None: input order). Folders and lists come
+    # grouped by class; shards that each sample the whole corpus are what the loader's block
+    # shuffle assumes (it mixes neighbouring shards, not the corpus), as in webdataset practice.
+    shuffle_seed: int | None = 0
     storage_options: dict = Field(default_factory=dict)
 
 
@@ -79,6 +84,9 @@ def write_dataset(
     settings = EncodeSettings(max_side=cfg.max_side, jpeg_quality=cfg.jpeg_quality)
     # The class map is part of every shard's fingerprint: a shifted index means new cls members.
     fingerprinted = {**vars(settings), "classes": classes}
+    if cfg.shuffle_seed is not None:
+        order = np.random.default_rng(cfg.shuffle_seed).permutation(len(items))
+        items = [items[i] for i in order]
     plans = plan_shards(items, cfg.prefix, cfg.shard_bytes, cfg.max_shard_samples, fingerprinted)
     fs, out_dir = fsspec.core.url_to_fs(cfg.output, **opts)
     fs.makedirs(out_dir, exist_ok=True)

@@ -119,17 +119,12 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
                             sweep.dir, system_metrics=False)  # fmt: skip
     sweep.parent = tracker.run_id
     tracker.log_params({"sweep": cfg.sweep.model_dump(mode="json"), "base": cfg.base})
-    init_ray(first)
-    limit = cfg.sweep.max_concurrent or _capacity(first)
-    task = ray.remote(num_cpus=0, max_retries=0)(_launch_point)  # restarts: Ray Train's own
+    limit, task = 0, None  # Ray starts with the first point to run: a finished sweep needs none
     outcomes = sweep.table.latest()
     queue: list[Point] = []
     running: dict = {}  # ObjectRef -> (point, start time)
     done = {"finished": [], "failed": [], "skipped": []}
-    print(
-        f"sweep: {sweep.dir}, up to {limit} point(s) at once, parent MLflow run {sweep.parent}",
-        flush=True,
-    )
+    print(f"sweep: {sweep.dir}, parent MLflow run {sweep.parent}", flush=True)
     while True:
         for p in sweep.plan.ready(outcomes):
             if outcomes.get(p.name, {}).get("status") == "finished":
@@ -137,6 +132,11 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
                 print(f"sweep: {p.name} finished before, skipped", flush=True)
             else:
                 queue.append(p)
+        if queue and task is None:
+            init_ray(first)
+            limit = cfg.sweep.max_concurrent or _capacity(first)
+            task = ray.remote(num_cpus=0, max_retries=0)(_launch_point)  # Train restarts
+            print(f"sweep: up to {limit} point(s) at once", flush=True)
         while queue and len(running) < limit:
             p = queue.pop(0)
             print(f"sweep: {p.name} started", flush=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import fsspec
 
-from pipeline.config import UserError
+from pipeline.config import UserError, dump_config
 from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.storage import is_local
 from pipeline.train.config import PretrainConfig
@@ -72,6 +72,18 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
+def finished_summary(cfg: PretrainConfig) -> dict | None:
+    """The run's summary when run.dir holds a finished run of this very config: launching it
+    again then starts nothing. A changed config goes to Ray, which resumes from checkpoints."""
+    fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir}/final")
+    try:
+        written = fs.cat_file(f"{root}/config.yaml").decode()
+        summary = json.loads(fs.cat_file(f"{root}/summary.json"))
+    except FileNotFoundError:
+        return None
+    return summary if written == dump_config(cfg) else None
+
+
 def init_ray(cfg: PretrainConfig) -> None:
     import ray
 
@@ -94,6 +106,11 @@ def launch(cfg: PretrainConfig) -> dict:
     from pipeline.train.loop import train_worker
 
     cfg = preflight(cfg)
+    done = finished_summary(cfg)
+    if done is not None:
+        print(f"{cfg.run.dir} finished before ({done['steps']} steps, same config):"
+              " nothing to do", flush=True)  # fmt: skip
+        return done
     init_ray(cfg)
     cl = cfg.cluster
     backend = cl.backend if cl.backend != "auto" else ("nccl" if cl.use_gpu else "gloo")

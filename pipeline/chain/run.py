@@ -1,0 +1,114 @@
+"""`make demo`, stage by stage; every stage reuses what an earlier run completed.
+
+    1 demo data    generated images -> ingest into shards (Ray tasks)       data/demo/
+    2 dedup        pool against the reference set: kept shards + audit      <out>/dedup/
+    3 sweep        nano NFNets x epoch budgets on the kept pool (Ray Train  <out>/sweep/
+                   + DeepSpeed ZeRO + AGC), results table, MLflow runs
+    4 fine-tune    the best sweep point, SAM at a higher resolution          <out>/finetune/
+    5 report       scaling fits and plots on the results table              <out>/report/
+
+Everything is validated before the first stage runs; Ray starts only if a stage has work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline.chain.config import ChainConfig
+from pipeline.config import build_config, deep_merge, read_yaml
+from pipeline.data.demo_set import build_demo_data, demo_data_ready
+from pipeline.data.manifest import manifest_path
+from pipeline.dedup.job import DedupJobConfig, run_dedup
+from pipeline.scaling.job import ReportJobConfig, run_report
+from pipeline.sweep.config import ROOT, SweepConfig
+from pipeline.sweep.plan import Point
+from pipeline.sweep.results import ResultsTable
+from pipeline.sweep.run import Sweep, run_sweep
+from pipeline.train.config import FinetuneConfig
+from pipeline.train.launch import init_ray, launch
+
+
+def _yaml(path: str) -> dict:
+    return read_yaml(path if Path(path).exists() else str(ROOT / path))
+
+
+class Chain:
+    def __init__(self, cfg: ChainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out).resolve()
+        self.data = Path(cfg.data.out).resolve()
+        self.kept = self.out / "dedup"
+        shards = self.data / "shards"
+        data = {"train": str(self.kept), "train_prefix": "pool",
+                "val": str(shards / "val"), "val_prefix": "val"}  # fmt: skip
+        sweep = deep_merge(_yaml(cfg.sweep_config), cfg.sweep)
+        sweep = deep_merge(sweep, {"sweep": {"dir": str(self.out / "sweep")},
+                                   "pretrain": {"data": data}})  # fmt: skip
+        self.sweep = build_config(SweepConfig, sweep)
+        self.finetune = deep_merge(_yaml(cfg.finetune_config), cfg.finetune)
+        self.finetune = deep_merge(self.finetune, {"run": {"dir": str(self.out / "finetune")},
+                                                   "data": data})  # fmt: skip
+
+    def finetune_config(self, best: dict, uri: str, parent: str) -> FinetuneConfig:
+        own = {"init": {"from_run": best["run_dir"]}, "model": {"name": best["model"]},
+               "run": {"mlflow_uri": uri, "mlflow_parent": parent}}  # fmt: skip
+        return build_config(FinetuneConfig, deep_merge(self.finetune, own))
+
+
+def _stage(n: int, name: str) -> float:
+    print(f"\n=== demo {n}/5: {name} ===", flush=True)
+    return time.perf_counter()
+
+
+def run_chain(cfg: ChainConfig) -> dict:
+    chain = Chain(cfg)  # every config built (and checked) before anything runs
+    sweep = Sweep(chain.sweep)
+    first = chain.sweep.sweep
+    started = time.perf_counter()
+
+    t = _stage(1, "demo data -> shards")
+    if not demo_data_ready(cfg.data):  # ingest's tasks, then the training runs, share one Ray
+        init_ray(sweep.config(Point(first.models[0], first.epochs[0], first.lr_multipliers[0])))
+    build_demo_data(cfg.data)
+    print(f"demo data: {time.perf_counter() - t:.0f}s", flush=True)
+
+    t = _stage(2, "dedup against the reference set")
+    audit = chain.kept / "duplicates.jsonl"
+    if audit.exists() and Path(manifest_path(str(chain.kept), "pool")).exists():
+        print(f"dedup: done before -> {audit}", flush=True)
+    else:
+        shards = chain.data / "shards"
+        run_dedup(DedupJobConfig(reference=str(shards / "reference" / "reference-*.tar"),
+                                 pool=str(shards / "train" / "train-*.tar"), out=str(chain.kept),
+                                 shard_bytes=2**20))  # fmt: skip
+
+    t = _stage(3, f"scaling sweep: {first.models} x {first.epochs} epochs")
+    outcome = run_sweep(chain.sweep)
+    latest = [
+        r for r in ResultsTable(outcome.results).latest().values() if r["status"] == "finished"
+    ]
+    best = min(latest, key=lambda r: float(r["heldout_loss"]))
+    print(f"sweep: {time.perf_counter() - t:.0f}s; best point {best['point']}"
+          f" (held-out loss {float(best['heldout_loss']):.4f})", flush=True)  # fmt: skip
+
+    t = _stage(4, f"SAM fine-tune of {best['point']} at a higher resolution")
+    ft = chain.finetune_config(best, outcome.tracking_uri, outcome.parent_run_id)
+    tuned = launch(ft)  # a finished fine-tune of the same config returns at once
+
+    t = _stage(5, "scaling fits and report")
+    report = chain.out / "report"
+    doc = run_report(ReportJobConfig(results=outcome.results, out=str(report),
+                                     bootstrap=cfg.bootstrap, mlflow_run_id=outcome.parent_run_id,
+                                     mlflow_uri=outcome.tracking_uri))  # fmt: skip
+    summary = {
+        "report": str(report / "report.html"), "results": outcome.results,
+        "duplicates": str(audit), "best_point": best["point"],
+        "finetune": {k: tuned[k] for k in ("heldout_top1", "heldout_top5", "heldout_loss",
+                                           "resolution", "eval_resolution", "run_dir")},
+        "parametric": doc["parametric"], "mlflow_uri": outcome.tracking_uri,
+        "minutes": (time.perf_counter() - started) / 60,
+    }  # fmt: skip
+    (chain.out / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
