@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import job_parser, run_job
-from pipeline.config import UserError, load_config
+from pipeline.config import load_config
 from pipeline.train.config import FinetuneConfig
 from pipeline.train.dryrun import dry_run
 
@@ -27,12 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="validate and estimate; no training")
     args = parser.parse_args(argv)
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    eval_res = cfg.data.eval_resolution or cfg.data.resolution
-    if eval_res <= cfg.data.resolution:
-        raise UserError(
-            f"data.eval_resolution={eval_res} with data.resolution={cfg.data.resolution};"
-            " expected a higher evaluation resolution (the paper: 384 train, 480 eval)"
-        )
     if args.dry_run:
         print(dry_run(cfg))
         return 0

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep: {len(out.finished)} finished, {len(out.skipped)} skipped (finished before),"
           f" {len(out.failed)} failed -> {out.results}")  # fmt: skip
     print(f"next: python jobs/report.py --results {out.results} --out"
-          f" {Path(out.results).parent / 'report'} --mlflow-run-id {out.parent_run_id}"
+          f" {out.results.rsplit('/', 1)[0]}/report --mlflow-run-id {out.parent_run_id}"
           f" --mlflow-uri {out.tracking_uri}")  # fmt: skip
     return 1 if out.failed else 0
 

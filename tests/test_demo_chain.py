@@ -67,6 +67,7 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
         _ray_stop()
     before = ResultsTable(str(results)).rows()
     done_first = [r["point"] for r in before if r["status"] == "finished"]
+    assert 1 <= len(done_first) < 4  # the kill landed mid-sweep
 
     out = _demo(tmp_path)
     log = out.stdout + out.stderr
@@ -96,7 +97,8 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
 
     # fine-tune: the best point's EMA weights, a fresh head, SAM, evaluated at a higher resolution
     best = min(latest.values(), key=lambda r: float(r["heldout_loss"]))
-    tuned = json.loads((runs / "finetune" / "final" / "summary.json").read_text())
+    finetune = runs / "finetune" / best["point"]
+    tuned = json.loads((finetune / "final" / "summary.json").read_text())
     assert tuned["init_from"] == f"{best['run_dir']}/final/model_ema.safetensors"
     assert tuned["resolution"] == 32 and tuned["eval_resolution"] == 40
     assert 0 <= tuned["heldout_top1"] <= tuned["heldout_top5"] <= 1 and tuned["workers"] == 2
@@ -118,4 +120,8 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
     again = _demo(tmp_path)  # everything complete: reused, and no Ray started
     assert "nothing to do" in again.stdout and " started" not in again.stdout
     assert "Started a local Ray instance" not in again.stdout + again.stderr
-    assert json.loads((runs / "finetune" / "final" / "summary.json").read_text()) == tuned
+    assert json.loads((finetune / "final" / "summary.json").read_text()) == tuned
+    changed = subprocess.run([PY, "jobs/demo.py", *_args(tmp_path), "data.planted=2"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert changed.returncode == 2 and "was built from other demo data" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1 and (finetune / "final").exists()

@@ -21,12 +21,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import load_config
+from pipeline.config import UserError, load_config
 from pipeline.data.demo_set import DemoDataConfig, build_demo_data
 from pipeline.data.manifest import read_manifest
 from pipeline.data.order import GlobalOrder
 from pipeline.models import create_model
 from pipeline.train.config import PretrainConfig
+from pipeline.train.identity import record_run_config
 from pipeline.train.launch import finished_summary, preflight
 from pipeline.train.spawn import free_port
 
@@ -191,8 +192,11 @@ def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp
     _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
     same = load_config(PretrainConfig, "configs/pretrain/nano.yaml", _args(tiny_data, run_dir))
     assert finished_summary(preflight(same))["steps"] == STEPS
+    cadence = same.model_copy(update={"train": same.train.model_copy(update={"log_every": 3})})
+    assert finished_summary(preflight(cadence))["steps"] == STEPS  # operational: still done
     changed = same.model_copy(update={"train": same.train.model_copy(update={"epochs": 9.6})})
-    assert finished_summary(preflight(changed)) is None  # goes to Ray, which resumes
+    with pytest.raises(UserError, match=r"another config \(train\.epochs: 4\.8 -> 9\.6\)"):
+        preflight(changed)  # never resumes these checkpoints under another recipe
 
 
 @pytest.mark.e2e
@@ -279,3 +283,13 @@ def test_finetune_bad_input_is_one_line_before_ray_starts(tiny_data, tmp_path, o
     assert out.stderr.startswith("error: ") and expected in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "Ray" not in out.stdout + out.stderr
+
+
+def test_a_run_dir_refuses_another_recipe_in_one_line(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = load_config(PretrainConfig, "configs/pretrain/nano.yaml", _args(tiny_data, run_dir))
+    record_run_config(preflight(cfg))  # what the first launch records
+    out = _pretrain([*_args(tiny_data, run_dir), "train.base_lr=0.8", "train.log_every=5"])
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "holds a run with another config (train.base_lr: 1.6 -> 0.8)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Ray" not in out.stdout + out.stderr

@@ -4,7 +4,7 @@
     2 dedup        pool against the reference set: kept shards + audit      <out>/dedup/
     3 sweep        nano NFNets x epoch budgets on the kept pool (Ray Train  <out>/sweep/
                    + DeepSpeed ZeRO + AGC), results table, MLflow runs
-    4 fine-tune    the best sweep point, SAM at a higher resolution          <out>/finetune/
+    4 fine-tune    the best sweep point, SAM at a higher resolution          <out>/finetune/<point>/
     5 report       scaling fits and plots on the results table              <out>/report/
 
 Everything is validated before the first stage runs; Ray starts only if a stage has work.
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from pipeline.chain.config import ChainConfig
-from pipeline.config import build_config, deep_merge, read_yaml
-from pipeline.data.demo_set import build_demo_data, demo_data_ready
+from pipeline.config import UserError, build_config, deep_merge, read_yaml
+from pipeline.data.demo_set import build_demo_data, demo_data_identity, demo_data_ready
 from pipeline.data.manifest import manifest_path
 from pipeline.dedup.job import DedupJobConfig, run_dedup
 from pipeline.scaling.job import ReportJobConfig, run_report
@@ -48,12 +48,16 @@ class Chain:
                                    "pretrain": {"data": data}})  # fmt: skip
         self.sweep = build_config(SweepConfig, sweep)
         self.finetune = deep_merge(_yaml(cfg.finetune_config), cfg.finetune)
-        self.finetune = deep_merge(self.finetune, {"run": {"dir": str(self.out / "finetune")},
-                                                   "data": data})  # fmt: skip
+        self.finetune = deep_merge(self.finetune, {"data": data})
+        first = self.sweep.sweep.models[0]  # checked now with a stand-in for the best point
+        self.finetune_config({"run_dir": str(self.out), "model": first, "point": first}, "", "")
 
     def finetune_config(self, best: dict, uri: str, parent: str) -> FinetuneConfig:
+        """The fine-tune of the best point, in its own directory: another best point (a changed
+        sweep) is another fine-tune, never a resume of this one's checkpoints."""
         own = {"init": {"from_run": best["run_dir"]}, "model": {"name": best["model"]},
-               "run": {"mlflow_uri": uri, "mlflow_parent": parent}}  # fmt: skip
+               "run": {"dir": str(self.out / "finetune" / best["point"]), "mlflow_uri": uri or None,
+                       "mlflow_parent": parent or None}}  # fmt: skip
         return build_config(FinetuneConfig, deep_merge(self.finetune, own))
 
 
@@ -68,11 +72,19 @@ def run_chain(cfg: ChainConfig) -> dict:
     first = chain.sweep.sweep
     started = time.perf_counter()
 
+    source, wanted = chain.out / "chain_source.json", demo_data_identity(cfg.data)
+    if source.exists() and json.loads(source.read_text()) != wanted:
+        raise UserError(
+            f"{chain.out} was built from other demo data (another data config or generator);"
+            f" expected the same, or a new out= (or remove {chain.out}) to start afresh"
+        )
     t = _stage(1, "demo data -> shards")
     if not demo_data_ready(cfg.data):  # ingest's tasks, then the training runs, share one Ray
         init_ray(sweep.config(Point(first.models[0], first.epochs[0], first.lr_multipliers[0])))
     build_demo_data(cfg.data)
     print(f"demo data: {time.perf_counter() - t:.0f}s", flush=True)
+    chain.out.mkdir(parents=True, exist_ok=True)
+    source.write_text(json.dumps(wanted))  # what every later stage here was built from
 
     t = _stage(2, "dedup against the reference set")
     audit = chain.kept / "duplicates.jsonl"
@@ -86,10 +98,14 @@ def run_chain(cfg: ChainConfig) -> dict:
 
     t = _stage(3, f"scaling sweep: {first.models} x {first.epochs} epochs")
     outcome = run_sweep(chain.sweep)
-    latest = [
-        r for r in ResultsTable(outcome.results).latest().values() if r["status"] == "finished"
-    ]
-    best = min(latest, key=lambda r: float(r["heldout_loss"]))
+    if outcome.failed:
+        raise UserError(
+            f"{len(outcome.failed)} sweep point(s) failed ({', '.join(outcome.failed)}); see the"
+            f" error column of {outcome.results}, fix, and run the demo again to retry them"
+        )
+    latest = ResultsTable(outcome.results).latest().values()
+    done = [r for r in latest if r["status"] == "finished"]
+    best = min(done, key=lambda r: float(r["heldout_loss"]))
     print(f"sweep: {time.perf_counter() - t:.0f}s; best point {best['point']}"
           f" (held-out loss {float(best['heldout_loss']):.4f})", flush=True)  # fmt: skip
 

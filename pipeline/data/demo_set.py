@@ -94,7 +94,7 @@ def _plant_duplicates(cfg: DemoDataConfig, root: Path) -> list[dict]:
     return records
 
 
-def _wanted(cfg: DemoDataConfig) -> dict:
+def demo_data_identity(cfg: DemoDataConfig) -> dict:
     return {"config": cfg.model_dump(), "generator": GENERATOR}
 
 
@@ -104,13 +104,13 @@ def demo_data_ready(cfg: DemoDataConfig) -> bool:
     if not stamp.exists():
         return False
     built = json.loads(stamp.read_text())
-    return {k: built.get(k) for k in _wanted(cfg)} == _wanted(cfg)
+    return {k: built.get(k) for k in demo_data_identity(cfg)} == demo_data_identity(cfg)
 
 
 def build_demo_data(cfg: DemoDataConfig) -> Path:
     root = Path(cfg.out)
     stamp = root / "demo_data.json"
-    wanted = _wanted(cfg)
+    wanted = demo_data_identity(cfg)
     if demo_data_ready(cfg):
         print(f"demo data: up to date in {root}")
         return root

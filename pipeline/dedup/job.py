@@ -30,7 +30,7 @@ from pipeline.dedup.filter import (
 from pipeline.dedup.references import ReferenceSet
 from pipeline.ingest.plan import class_names
 from pipeline.ingest.run import IngestConfig, write_dataset
-from pipeline.ingest.sources import Item
+from pipeline.ingest.sources import Item, expand_shards
 from pipeline.storage import atomic_write
 
 
@@ -65,10 +65,12 @@ def _manifest_classes(pool: str, opts: dict) -> list[str] | None:
     if not (pool.endswith(".tar") or "*" in pool or "{" in pool):
         return None
     fs, path = fsspec.core.url_to_fs(pool, **opts)
-    found = fs.glob(f"{posixpath.dirname(path)}/*.manifest.json")
-    if len(found) != 1:
-        return None
-    return read_manifest(fs.unstrip_protocol(found[0]), opts).classes
+    shards = {posixpath.basename(u) for u in expand_shards(pool, opts)}
+    for found in fs.glob(f"{posixpath.dirname(path)}/*.manifest.json"):
+        manifest = read_manifest(fs.unstrip_protocol(found), opts)
+        if shards <= {s.name for s in manifest.shards}:  # the manifest of exactly these shards
+            return manifest.classes
+    return None
 
 
 def run_dedup(cfg: DedupJobConfig, progress: bool = True) -> tuple[FilterReport, Manifest]:
@@ -90,7 +92,9 @@ def run_dedup(cfg: DedupJobConfig, progress: bool = True) -> tuple[FilterReport,
     names = _manifest_classes(cfg.pool, opts)
 
     def item(r: SourceRecord) -> Item:
-        return Item(r.origin, names[int(r.label)] if names else r.label, 0)
+        if names and r.label.isdigit() and int(r.label) < len(names):
+            return Item(r.origin, names[int(r.label)], 0)
+        return Item(r.origin, r.label, 0)  # no manifest, or a label it does not name
 
     kept = [item(r) for r in pool if r.key not in dropped]
     manifest = write_dataset(

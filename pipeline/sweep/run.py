@@ -72,6 +72,8 @@ class Sweep:
         multipliers = s.lr_multipliers[:1] if s.lr_search else s.lr_multipliers
         configs = [preflight(self.config(Point(m, e, x)))
                    for m in s.models for e in s.epochs for x in multipliers]  # fmt: skip
+        if not configs[0].data.val:
+            raise UserError("pretrain.data.val is not set; a sweep needs held-out loss per point")
         self.table.rows()  # a table with the wrong columns fails now, not after a point
         return configs[0]
 
@@ -131,6 +133,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
                 done["skipped"].append(p.name)
                 print(f"sweep: {p.name} finished before, skipped", flush=True)
             else:
+                outcomes.pop(p.name, None)  # an old failure is no outcome of this attempt
                 queue.append(p)
         if queue and task is None:
             init_ray(first)
@@ -148,7 +151,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
         try:
             summary, status, error = ray.get(ref), "finished", ""
         except Exception as e:  # a failed point is recorded; the sweep goes on
-            summary, status, error = None, "failed", str(e).strip().splitlines()[-1]
+            summary, status, error = None, "failed", (str(e).strip().splitlines() or [repr(e)])[-1]
         outcomes[p.name] = sweep.record(p, status, summary, time.perf_counter() - start, error)
         done[status].append(p.name)
         loss = f"held-out loss {summary['heldout_loss']:.4f}" if summary else error

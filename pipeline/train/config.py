@@ -77,7 +77,9 @@ class TrainSection(Section):
     sample_log: bool = False  # <run.dir>/samples/rank*.jsonl: sample ids of every step (audit)
     peak_tflops: float | None = Field(None, gt=0)  # per worker, for MFU; None: known GPUs only
     sam_rho: float = Field(0.0, ge=0)  # SAM radius (SPEC §5); 0: plain SGD steps
-    sam_ascent_fraction: float = Field(1.0, gt=0, le=1)  # share of each micro-batch for ascent
+    # Share of each micro-batch for the ascent; with SAM the logged `loss` is the loss at w on
+    # that share (the descent's loss is at w + e), so below 1 it is the noisier of the two.
+    sam_ascent_fraction: float = Field(1.0, gt=0, le=1)
 
 
 class InitSection(Section):
@@ -127,6 +129,14 @@ class FinetuneConfig(PretrainConfig):
     def _has_source(self) -> FinetuneConfig:
         if not self.init.from_run:
             raise ValueError("init.from_run is required; expected a pretraining run directory")
+        if not self.data.val:
+            raise ValueError("data.val is required; a fine-tune reports held-out top-1")
+        res, eval_res = self.data.resolution, self.data.eval_resolution or self.data.resolution
+        if eval_res <= res:
+            raise ValueError(
+                f"data.eval_resolution={eval_res} with data.resolution={res}; expected a higher"
+                " evaluation resolution (the paper: 384 train, 480 eval)"
+            )
         return self
 
 

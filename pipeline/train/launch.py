@@ -13,11 +13,13 @@ import os
 from pathlib import Path
 
 import fsspec
+import yaml
 
-from pipeline.config import UserError, dump_config
+from pipeline.config import UserError
 from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.storage import is_local
 from pipeline.train.config import PretrainConfig
+from pipeline.train.identity import check_same_run, recipe_changes, record_run_config
 from pipeline.train.tracking import default_tracking_uri
 from pipeline.train.warmstart import check_source
 
@@ -69,19 +71,20 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
         raise UserError(f"run.dir={cfg.run.dir!r} cannot be created: {e.strerror or e}") from None
     if is_local(fs) and not os.access(root, os.W_OK):
         raise UserError(f"run.dir={cfg.run.dir!r} is not writable")
+    check_same_run(cfg)
     return cfg
 
 
 def finished_summary(cfg: PretrainConfig) -> dict | None:
-    """The run's summary when run.dir holds a finished run of this very config: launching it
-    again then starts nothing. A changed config goes to Ray, which resumes from checkpoints."""
+    """The run's summary when run.dir holds a finished run of this recipe (operational keys
+    may differ): launching it again then starts nothing. Preflight refuses another recipe."""
     fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir}/final")
     try:
-        written = fs.cat_file(f"{root}/config.yaml").decode()
+        written = yaml.safe_load(fs.cat_file(f"{root}/config.yaml"))
         summary = json.loads(fs.cat_file(f"{root}/summary.json"))
     except FileNotFoundError:
         return None
-    return summary if written == dump_config(cfg) else None
+    return None if recipe_changes(written, cfg.model_dump(mode="json")) else summary
 
 
 def init_ray(cfg: PretrainConfig) -> None:
@@ -111,6 +114,7 @@ def launch(cfg: PretrainConfig) -> dict:
         print(f"{cfg.run.dir} finished before ({done['steps']} steps, same config):"
               " nothing to do", flush=True)  # fmt: skip
         return done
+    record_run_config(cfg)
     init_ray(cfg)
     cl = cfg.cluster
     backend = cl.backend if cl.backend != "auto" else ("nccl" if cl.use_gpu else "gloo")

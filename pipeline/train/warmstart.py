@@ -34,11 +34,17 @@ def source_path(init: InitSection) -> str:
 def read_header(path: str) -> dict:
     """The safetensors header of `path` (any fsspec URL): {name: {dtype, shape, ...}, ...}."""
     fs, root = fsspec.core.url_to_fs(path)
+    if fs.isdir(root):
+        raise ValueError(f"{path} is a directory, not a safetensors file")
     with fs.open(root, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
+        head = f.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         if not 0 < size <= MAX_HEADER:
-            raise ValueError(f"{path} is not a safetensors file (header size {size})")
-        return json.loads(f.read(size))
+            raise ValueError(f"{path} is not a safetensors file")
+        try:
+            return json.loads(f.read(size))
+        except ValueError:
+            raise ValueError(f"{path} is not a safetensors file (bad header)") from None
 
 
 def check_source(init: InitSection, model_name: str, classes: int) -> str:
@@ -47,9 +53,10 @@ def check_source(init: InitSection, model_name: str, classes: int) -> str:
     try:
         header = read_header(path)
     except FileNotFoundError:
+        hint = "; a run trained without EMA has init.weights=live" if init.weights == "ema" else ""
         raise UserError(
             f"init.from_run={init.from_run!r}: {path} not found; expected a finished pretraining"
-            " run directory (re-run its pretrain command to finish it) or a .safetensors file"
+            f" run directory (re-run its pretrain command to finish it) or a .safetensors file{hint}"
         ) from None
     except ValueError as e:
         raise UserError(f"init.from_run={init.from_run!r}: {e}") from None
