@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.chain.run import run_chain  # Ray, DeepSpeed and MLflow load for a real run
 
     s = run_chain(cfg)
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # workers' last log lines arrive now, not after the summary below
     ft = s["finetune"]
     print(f"\ndemo: done in {s['minutes']:.1f} min. Best sweep point {s['best_point']};"
           f" fine-tuned top-1 {ft['heldout_top1']:.3f} at {ft['eval_resolution']} px.")  # fmt: skip

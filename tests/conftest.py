@@ -1,7 +1,10 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+from pipeline.data.demo_set import DemoDataConfig, build_demo_data
 
 # Two cores: keep intra-op threads predictable and tests deterministic.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -10,3 +13,12 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Shards of a 4-class demo set (40 pool images at 40 px, 16 held-out): read-only, shared."""
+    out = tmp_path_factory.mktemp("tiny-data")
+    cfg = DemoDataConfig(out=str(out), classes=4, train_per_class=10, val_per_class=4,
+                         reference=4, planted=0, size=40, workers=1, parallel_ingest=False)  # fmt: skip
+    return build_demo_data(cfg) / "shards"

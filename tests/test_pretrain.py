@@ -22,7 +22,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.config import UserError, load_config
-from pipeline.data.demo_set import DemoDataConfig, build_demo_data
 from pipeline.data.manifest import read_manifest
 from pipeline.data.order import GlobalOrder
 from pipeline.models import create_model
@@ -40,14 +39,6 @@ TINY = ["train.epochs=4.8", "train.global_batch=16", "train.micro_batch=4", "tra
         "data.resolution=64", "data.eval_resolution=64", "data.val_samples=32",
         "train.ema_decay=0.99"]  # fmt: skip
 STEPS = 12
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pretrain-data")
-    cfg = DemoDataConfig(out=str(out), classes=4, train_per_class=10, val_per_class=4,
-                         reference=4, planted=0, size=40, workers=1, parallel_ingest=False)  # fmt: skip
-    return build_demo_data(cfg) / "shards"
 
 
 def _args(data: Path, run_dir: Path) -> list[str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import UserError
-from pipeline.data.demo_set import DemoDataConfig, build_demo_data
 from pipeline.sweep.plan import Grid, LrSearch, Point
 from pipeline.sweep.results import COLUMNS, ResultsTable
 
@@ -61,14 +60,6 @@ def test_results_table_appends_and_the_last_row_of_a_point_wins(tmp_path):
     other.write_text("model,loss\nx,1\n")
     with pytest.raises(UserError, match="expected"):
         ResultsTable(str(other)).rows()
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sweep-data")
-    cfg = DemoDataConfig(out=str(out), classes=4, train_per_class=10, val_per_class=4,
-                         reference=4, planted=0, size=40, workers=1, parallel_ingest=False)  # fmt: skip
-    return build_demo_data(cfg) / "shards"
 
 
 def _sweep_args(data: Path, sweep_dir: Path) -> list[str]:
