@@ -191,6 +191,7 @@ def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # ~60 s: `make test-slow`; the default suite resumes after kill -9 of the job
 def test_worker_killed_mid_run_is_restarted_by_ray(reference_run, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([PY, "jobs/pretrain.py", *_args(tiny_data, run_dir)], cwd=ROOT,

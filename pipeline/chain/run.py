@@ -7,7 +7,8 @@
     4 fine-tune    the best sweep point, SAM at a higher resolution          <out>/finetune/<point>/
     5 report       scaling fits and plots on the results table              <out>/report/
 
-Everything is validated before the first stage runs; Ray starts only if a stage has work.
+Every config is built and validated before the first stage runs (the data each stage reads
+is checked when the stage starts); Ray starts only if a stage has work.
 """
 
 from __future__ import annotations
