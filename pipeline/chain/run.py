@@ -18,21 +18,17 @@ import time
 from pathlib import Path
 
 from pipeline.chain.config import ChainConfig
-from pipeline.config import UserError, build_config, deep_merge, read_yaml
+from pipeline.config import UserError, build_config, deep_merge
 from pipeline.data.demo_set import build_demo_data, demo_data_identity, demo_data_ready
 from pipeline.data.manifest import manifest_path
 from pipeline.dedup.job import DedupJobConfig, run_dedup
 from pipeline.scaling.job import ReportJobConfig, run_report
-from pipeline.sweep.config import ROOT, SweepConfig
+from pipeline.sweep.config import SweepConfig, read_config_yaml
 from pipeline.sweep.plan import Point
 from pipeline.sweep.results import ResultsTable
 from pipeline.sweep.run import Sweep, run_sweep
 from pipeline.train.config import FinetuneConfig
 from pipeline.train.launch import init_ray, launch
-
-
-def _yaml(path: str) -> dict:
-    return read_yaml(path if Path(path).exists() else str(ROOT / path))
 
 
 class Chain:
@@ -44,11 +40,11 @@ class Chain:
         shards = self.data / "shards"
         data = {"train": str(self.kept), "train_prefix": "pool",
                 "val": str(shards / "val"), "val_prefix": "val"}  # fmt: skip
-        sweep = deep_merge(_yaml(cfg.sweep_config), cfg.sweep)
+        sweep = deep_merge(read_config_yaml(cfg.sweep_config), cfg.sweep)
         sweep = deep_merge(sweep, {"sweep": {"dir": str(self.out / "sweep")},
                                    "pretrain": {"data": data}})  # fmt: skip
         self.sweep = build_config(SweepConfig, sweep)
-        self.finetune = deep_merge(_yaml(cfg.finetune_config), cfg.finetune)
+        self.finetune = deep_merge(read_config_yaml(cfg.finetune_config), cfg.finetune)
         self.finetune = deep_merge(self.finetune, {"data": data})
         first = self.sweep.sweep.models[0]  # checked now with a stand-in for the best point
         self.finetune_config({"run_dir": str(self.out), "model": first, "point": first}, "", "")
@@ -110,11 +106,11 @@ def run_chain(cfg: ChainConfig) -> dict:
     print(f"sweep: {time.perf_counter() - t:.0f}s; best point {best['point']}"
           f" (held-out loss {float(best['heldout_loss']):.4f})", flush=True)  # fmt: skip
 
-    t = _stage(4, f"SAM fine-tune of {best['point']} at a higher resolution")
+    _stage(4, f"SAM fine-tune of {best['point']} at a higher resolution")
     ft = chain.finetune_config(best, outcome.tracking_uri, outcome.parent_run_id)
     tuned = launch(ft)  # a finished fine-tune of the same config returns at once
 
-    t = _stage(5, "scaling fits and report")
+    _stage(5, "scaling fits and report")
     report = chain.out / "report"
     doc = run_report(ReportJobConfig(results=outcome.results, out=str(report),
                                      bootstrap=cfg.bootstrap, mlflow_run_id=outcome.parent_run_id,

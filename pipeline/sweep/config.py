@@ -22,6 +22,13 @@ from pipeline.train.config import PretrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def read_config_yaml(path: str) -> dict[str, Any]:
+    """A config named by a URL, an existing path, or a path relative to the repository (so a
+    sweep or the demo finds configs/... from any working directory)."""
+    local = "://" in path or Path(path).exists()
+    return read_yaml(path if local else str(ROOT / path))
+
+
 class SweepSection(Section):
     dir: str = "runs/sweep/nano"  # results.csv, runs/<point>/, mlflow.db, mlflow_run_id
     experiment: str = "sweep"
@@ -58,10 +65,7 @@ class SweepConfig(Section):
     pretrain: dict[str, Any] = Field(default_factory=dict)
 
     def base_dict(self) -> dict[str, Any]:
-        path = (
-            self.base if "://" in self.base or Path(self.base).exists() else str(ROOT / self.base)
-        )
-        return deep_merge(read_yaml(path), self.pretrain)
+        return deep_merge(read_config_yaml(self.base), self.pretrain)
 
 
 def point_config(

@@ -93,11 +93,9 @@ def train_worker(config: dict) -> None:
     model = create_model(cfg.model.name, num_classes=classes, **_model_overrides(cfg)).to(device)
     params = sum(p.numel() for p in model.parameters())
     if cfg.init.from_run:
-        fresh = load_weights(model, source_path(cfg.init), cfg.init.keep_head)
-        _say(
-            rank,
-            f"weights from {source_path(cfg.init)}; initialised afresh: {', '.join(fresh) or 'none'}",
-        )
+        source = source_path(cfg.init)
+        fresh = load_weights(model, source, cfg.init.keep_head)
+        _say(rank, f"weights from {source}; initialised afresh: {', '.join(fresh) or 'none'}")
     ds_config = deepspeed_config(micro, accum, world, cfg.cluster.zero_stage, precision,
                                  cfg.cluster.use_gpu, params)  # fmt: skip
     run = Run(cfg, rank, world, device, torch.bfloat16 if precision == "bf16" else torch.float32,
