@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from pipeline.config import UserError
+from pipeline.config import RunStopped, UserError
 
 
 def job_parser(description: str, default_config: str | None) -> argparse.ArgumentParser:
@@ -18,7 +18,8 @@ def job_parser(description: str, default_config: str | None) -> argparse.Argumen
 
 
 def run_job(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a job's main; bad user input prints one line and exits with status 2."""
+    """Run a job's main; bad user input prints one line and exits with status 2, a run that
+    stopped itself (its checkpoints intact) one line and status 1."""
     try:
         return main(argv)
     except UserError as e:
@@ -27,3 +28,6 @@ def run_job(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except FileNotFoundError as e:
         print(f"error: not found: {e.filename or e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -21,6 +21,10 @@ class UserError(ValueError):
     """Bad input from the user (a path, a file, a value); the message is one line for them."""
 
 
+class RunStopped(RuntimeError):
+    """A run that stopped itself for a reason the user must act on; the message is one line."""
+
+
 class ConfigError(UserError):
     """A bad config file, key or value."""
 

@@ -3,6 +3,10 @@
 Two gloo ranks run a DeepSpeed engine (our build_engine) for several steps with gradient
 accumulation; one process runs plain torch SGD on the same global batches with the reference
 AGC. Weights must agree to 1e-5 relative: the sums differ only in floating-point order.
+
+One step has a NaN loss on one rank: both ranks skip it, leaving weights and momentum untouched,
+so the run equals the reference that never saw that step (and differs from one that applied a
+finite step there).
 """
 
 import pytest
@@ -16,7 +20,8 @@ from pipeline.train.engine import build_engine, deepspeed_config
 from pipeline.train.export import full_state_dict
 from pipeline.train.spawn import spawn
 
-STEPS, MICRO, ACCUM, CLASSES, RES = 3, 2, 2, 5, 32
+STEPS, MICRO, ACCUM, CLASSES, RES = 4, 2, 2, 5, 32
+NAN_STEP = 2  # rank 1's first micro-batch of this step is NaN
 HYPER = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, clipping=0.01, eps=1e-3)
 
 
@@ -38,14 +43,14 @@ def reference_names() -> set[str]:
     return {n for n, _ in _model().named_parameters()}
 
 
-def _reference(world: int) -> dict[str, torch.Tensor]:
+def _reference(world: int, skip: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
     model = _model().train()
     opt = torch.optim.SGD(
         weight_decay_groups(model, HYPER["weight_decay"]), lr=HYPER["lr"],
         momentum=HYPER["momentum"], nesterov=True,
     )  # fmt: skip
     images, labels = _batches(world)
-    for s in range(STEPS):
+    for s in (s for s in range(STEPS) if s not in skip):
         opt.zero_grad()
         F.cross_entropy(model(images[s]), labels[s]).backward()
         adaptive_grad_clip_(agc_parameters(model), HYPER["clipping"], HYPER["eps"])
@@ -53,22 +58,28 @@ def _reference(world: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _worker(rank: int, world: int, stage: int, out: str) -> None:
+def _worker(rank: int, world: int, stage: int, out: str, nan_step: int | None = None) -> None:
     model = _model().train()
     config = deepspeed_config(MICRO, ACCUM, world, stage, "fp32", use_gpu=False)
     engine = build_engine(model, config, **HYPER)
     images, labels = _batches(world)
     per_rank = ACCUM * MICRO
-    clipped = []
+    clipped, skipped = [], []
     for s in range(STEPS):
         mine = slice(rank * per_rank, (rank + 1) * per_rank)  # this rank's slice of the batch
         for m in range(ACCUM):
             x = images[s, mine][m * MICRO : (m + 1) * MICRO]
             y = labels[s, mine][m * MICRO : (m + 1) * MICRO]
+            if s == nan_step and rank == 1 and m == 0:
+                x = x * float("nan")  # one micro-batch of one rank
             stats = engine.micro_step(F.cross_entropy(engine.engine(x), y))
             if stats is not None:
                 clipped.append(stats.clipped_units)
-    assert len(clipped) == STEPS and all(c > 0 for c in clipped)
+                skipped.append(stats.skipped)
+    assert len(clipped) == STEPS and all(
+        c > 0 for c, k in zip(clipped, skipped, strict=True) if not k
+    )
+    assert skipped == [s == nan_step for s in range(STEPS)], skipped  # agreed by every rank
     params = {n: v for n, v in full_state_dict(engine.engine).items() if n in reference_names()}
     if rank == 0:
         torch.save({"params": params, "clipped": clipped}, out)
@@ -79,14 +90,17 @@ def _worker(rank: int, world: int, stage: int, out: str) -> None:
     "stage",
     [pytest.param(0, marks=pytest.mark.slow), pytest.param(1, marks=pytest.mark.slow), 2, 3],
 )
-def test_zero_agc_matches_single_process(stage, tmp_path):
+def test_zero_agc_matches_single_process_and_skips_a_nonfinite_step(stage, tmp_path):
     out = str(tmp_path / "weights.pt")
-    spawn(_worker, 2, stage, out)
+    spawn(_worker, 2, stage, out, NAN_STEP)
     result = torch.load(out, weights_only=True)
-    reference = _reference(world=2)
+    reference = _reference(world=2, skip=(NAN_STEP,))
     for name, value in result["params"].items():
         ref = reference[name]
         err = (value - ref).abs().max() / ref.abs().max().clamp_min(1e-12)
         assert err <= 1e-5, f"{name}: relative error {err:.2e}"
-    moved = sum((reference[n] - _model().state_dict()[n]).abs().sum() for n in result["params"])
+    initial = _model().state_dict()
+    moved = sum((reference[n] - initial[n]).abs().sum() for n in result["params"])
     assert moved > 0  # the steps changed the weights: the comparison is not of two initial states
+    applied = _reference(world=2)  # had the NaN step's momentum or weights moved, we would see it
+    assert any((applied[n] - reference[n]).abs().max() > 1e-4 for n in result["params"])

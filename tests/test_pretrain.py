@@ -26,6 +26,7 @@ from pipeline.data.manifest import read_manifest
 from pipeline.data.order import GlobalOrder
 from pipeline.models import create_model
 from pipeline.train.config import PretrainConfig
+from pipeline.train.faults import NONFINITE_STEPS
 from pipeline.train.identity import record_run_config
 from pipeline.train.launch import finished_summary, preflight
 from pipeline.train.spawn import free_port
@@ -210,6 +211,41 @@ def test_worker_killed_mid_run_is_restarted_by_ray(reference_run, tiny_data, tmp
     assert "resuming from step" in output
     _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
     _assert_exactly_once(run_dir, tiny_data, STEPS, 16)
+
+
+@pytest.mark.e2e
+def test_nonfinite_steps_are_skipped_then_stop_the_run_with_its_checkpoints_intact(
+    tiny_data, tmp_path
+):
+    run_dir = tmp_path / "run"
+    args = [*_args(tiny_data, run_dir), "train.max_nonfinite_steps=3"]
+    # 0-based steps 4 and 7-9 get a NaN loss on one rank: one lone skip, then three in a row
+    out = _pretrain(args, env={**os.environ, NONFINITE_STEPS: "4,7-9"})
+    _ray_stop()
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: stopped at step 10: 3 steps in a row had a non-finite loss or gradient"
+        " (train.max_nonfinite_steps=3); the weights are those of step 7 and the latest"
+        " checkpoint (step 10) is intact; expected finite steps: lower train.base_lr in a new"
+        " run.dir, or check the data"
+    )
+    assert (
+        "step 5: non-finite loss or gradient, update skipped (1 in a row, 1 in all)" in out.stdout
+    )
+    assert not (run_dir / "final").exists()
+    states = [json.loads(p.read_text()) for p in run_dir.glob("checkpoints/*/train_state.json")]
+    latest = max(states, key=lambda s: s["step"])
+    assert (latest["step"], latest["skipped_steps"], latest["nonfinite_streak"]) == (10, 4, 3)
+
+    out = _pretrain(args)  # no more faults: resumes from that checkpoint and finishes
+    _ray_stop()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from step 10 of 12" in out.stdout
+    summary = json.loads((run_dir / "final" / "summary.json").read_text())
+    assert summary["skipped_steps"] == 4 and summary["heldout_loss"] < 10
+    assert all(torch.isfinite(v).all() for v in _weights(run_dir).values())
+    assert not (run_dir / "stopped.json").exists()
+    _assert_exactly_once(run_dir, tiny_data, STEPS, 16)  # skipped steps still consumed their data
 
 
 @pytest.mark.parametrize(

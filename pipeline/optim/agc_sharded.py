@@ -40,6 +40,7 @@ class ClipStats:
     clipped_units: int
     total_units: int
     grad_norm: float  # global L2 norm of the clipped parameters' averaged gradient, before AGC
+    skipped: bool = False  # the engine did not apply this update (a non-finite loss or gradient)
 
     @property
     def fraction(self) -> float:

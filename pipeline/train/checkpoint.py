@@ -35,6 +35,8 @@ class TrainState:
     mlflow_run_id: str | None = None
     elapsed_s: float = 0.0  # training wall time summed over every attempt (device-hours)
     skipped_samples: int = 0
+    skipped_steps: int = 0  # updates not applied: a non-finite loss or gradient
+    nonfinite_streak: int = 0  # of those, how many in a row up to now
     history: list[dict] = field(default_factory=list)  # held-out evaluations so far
 
     def to_json(self) -> dict:

@@ -72,6 +72,8 @@ class TrainSection(Section):
     eval_every: int = Field(0, ge=0)  # steps; 0: only at the end
     checkpoint_every: int = Field(100, ge=1)  # steps
     log_every: int = Field(1, ge=1)
+    # Steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
+    max_nonfinite_steps: int = Field(10, ge=1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     deterministic: bool = True
     sample_log: bool = False  # <run.dir>/samples/rank*.jsonl: sample ids of every step (audit)

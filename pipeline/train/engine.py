@@ -1,5 +1,5 @@
-"""The DeepSpeed engine of one worker: ZeRO config, SGD with the decay exclusions, and AGC wired
-onto the averaged gradient.
+"""The DeepSpeed engine of one worker: ZeRO config, SGD with the decay exclusions, AGC wired
+onto the averaged gradient, and the skip of updates whose loss or gradient is not finite.
 
 `deepspeed_config` is the whole DeepSpeed JSON; infra/deepspeed/*.json are written from it for
 users who launch DeepSpeed themselves. Gradient clipping by global norm stays off: AGC replaces
@@ -9,7 +9,8 @@ it (SPEC §3). fp16 is not offered: its loss scaling would hand AGC scaled gradi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -54,12 +55,26 @@ def deepspeed_config(
     }
 
 
+class SkippableSGD(torch.optim.SGD):
+    """torch SGD whose next step can be called off: DeepSpeed (any ZeRO stage, fp32 or bf16)
+    hands its fp32 partitions to this client optimizer, so a step not taken here leaves the
+    weights and the momentum exactly as they were, while DeepSpeed still clears the gradients
+    and counts the boundary as usual."""
+
+    skip = False
+
+    def step(self, closure=None):
+        return None if self.skip else super().step(closure)
+
+
 @dataclass
 class Engine:
     """A DeepSpeed engine plus the AGC that runs between its backward and step."""
 
     engine: object  # deepspeed.DeepSpeedEngine
     agc: ShardedAGC
+    optimizer: SkippableSGD  # the client optimizer inside DeepSpeed's wrapper
+    _bad_loss: torch.Tensor | None = None  # a non-finite loss since the last update (no sync)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -69,17 +84,33 @@ class Engine:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
 
+    def backward(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
+        self.engine.backward(loss)
+
     def micro_step(self, loss: torch.Tensor) -> ClipStats | None:
         """Backward one micro-batch; on the accumulation boundary clip, then update."""
-        self.engine.backward(loss)
+        self.backward(loss)
         return self.step()
 
     def step(self) -> ClipStats | None:
-        """After a backward (SAM: after the weights are restored): AGC on the accumulation
-        boundary, then DeepSpeed's step (which only counts micro-batches between boundaries)."""
-        stats = self.agc() if self.engine.is_gradient_accumulation_boundary() else None
+        """After a backward (SAM: after the weights are restored): on the accumulation boundary,
+        AGC, then the update unless some rank's loss or the averaged gradient is not finite
+        (`stats.skipped`); between boundaries DeepSpeed's step only counts micro-batches."""
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()
+            return None
+        stats = self.agc()  # its norm is of the averaged gradient: the same on every rank
+        bad = self._bad_loss.float() if self._bad_loss is not None else torch.zeros(())
+        self._bad_loss = None
+        if torch.distributed.is_initialized():  # one rank's NaN loss: every rank skips
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        skipped = bool(bad) or not math.isfinite(stats.grad_norm)
+        self.optimizer.skip = skipped
         self.engine.step()
-        return stats
+        self.optimizer.skip = False
+        return replace(stats, skipped=skipped)
 
 
 def build_engine(
@@ -98,7 +129,7 @@ def build_engine(
     deepspeed.init_distributed(dist_backend=_backend(), auto_mpi_discovery=False)
     clip_params = agc_parameters(model)
     shapes = [p.shape for p in clip_params]  # now: ZeRO-3 replaces them with empty partitions
-    optimizer = torch.optim.SGD(
+    optimizer = SkippableSGD(
         weight_decay_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov
     )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
@@ -111,7 +142,7 @@ def build_engine(
         eps,
         reduce=stage in (1, 2, 3),  # stage 0: every rank already holds the whole average
     )
-    return Engine(engine, agc)
+    return Engine(engine, agc, optimizer)
 
 
 def _backend() -> str:

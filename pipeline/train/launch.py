@@ -15,10 +15,12 @@ from pathlib import Path
 import fsspec
 import yaml
 
-from pipeline.config import UserError
+from pipeline.config import RunStopped, UserError
 from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.storage import is_local
+from pipeline.train import stopped
 from pipeline.train.config import PretrainConfig
+from pipeline.train.faults import NONFINITE_STEPS
 from pipeline.train.identity import check_same_run, recipe_changes, record_run_config
 from pipeline.train.tracking import default_tracking_uri
 from pipeline.train.warmstart import check_source
@@ -26,7 +28,8 @@ from pipeline.train.warmstart import check_source
 # Passed through to the workers (storage emulators, credentials files, MLflow), never logged.
 PASS_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "AWS_ENDPOINT_URL",
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-            "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_URI", "NFSCALE_MLFLOW_PARENT_RUN")  # fmt: skip
+            "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_URI", "NFSCALE_MLFLOW_PARENT_RUN",
+            NONFINITE_STEPS)  # fmt: skip
 
 
 def absolute(url: str) -> str:
@@ -136,6 +139,13 @@ def launch(cfg: PretrainConfig) -> dict:
             checkpoint_config=CheckpointConfig(num_to_keep=2), worker_runtime_env={"env_vars": env},
         ),
     )  # fmt: skip
+    stopped.clear(cfg.run.dir)
     trainer.fit()
+    reason = stopped.reason(cfg.run.dir)
+    if reason:
+        import ray
+
+        ray.shutdown()  # flushes the workers' forwarded output: the reason stays the last line
+        raise RunStopped(reason)
     fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir}/final/summary.json")
     return json.loads(fs.cat_file(root))

@@ -5,7 +5,9 @@
              (a fine-tune first loads its pretrained weights, fresh head; a checkpoint wins)
     train    per step: LR from warmup+cosine, `accum` micro-batches (forward, backward; with
              SAM the backward runs at this rank's own ascent point), AGC on the averaged
-             gradient at the boundary, SGD step, EMA; logs, held-out, checkpoints
+             gradient at the boundary, SGD step, EMA; logs, held-out, checkpoints. A step
+             whose loss or gradient is not finite is skipped (weights, momentum, EMA as they
+             were) and counted; too many in a row stop the run with its checkpoints intact
     finish   held-out loss (live and EMA weights), consolidated safetensors, summary, MLflow
 
 Every rank runs the same code; rank 0 alone writes files outside checkpoints and talks to MLflow.
@@ -34,7 +36,7 @@ from pipeline.models import create_model
 from pipeline.optim.sam import ascent_count, perturbed
 from pipeline.optim.schedules import scaled_lr, warmup_cosine
 from pipeline.storage import atomic_write
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, stopped
 from pipeline.train.compute import mfu, peak_tflops, sam_factor, train_flops_per_image
 from pipeline.train.config import (
     PretrainConfig,
@@ -47,6 +49,7 @@ from pipeline.train.data import HeldOut, TrainData
 from pipeline.train.ema import Ema
 from pipeline.train.engine import build_engine, deepspeed_config
 from pipeline.train.export import full_state_dict, save_safetensors
+from pipeline.train.faults import nonfinite_steps, poison
 from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
 from pipeline.train.warmstart import load_weights, source_path
 
@@ -127,6 +130,8 @@ def train_worker(config: dict) -> None:
     batches = data.micro_batches(plan, state.cursor.position, steps - state.step,
                                  cfg.data.loader_workers)  # fmt: skip
     sample_log = _sample_log(cfg, rank)
+    faults = nonfinite_steps()  # empty unless the reliability suite injects faults
+    saved = state.step  # the latest checkpoint
     losses: list[torch.Tensor] = []  # stays empty when a finished run is launched again
     for step in range(state.step, steps):
         start = time.perf_counter()
@@ -136,13 +141,22 @@ def train_worker(config: dict) -> None:
         for _ in range(accum):
             batch = next(batches)
             images = normalize(batch["images"].to(device), run.dtype)
+            if faults:
+                images = poison(images, step, faults, rank, world)
             loss, stats = _micro_step(engine, images, batch["labels"].to(device), tc)
             clip = stats or clip
             losses.append(loss)
             ids += batch["sample_ids"].tolist()
             skipped += len(batch["skipped"])
-        if ema is not None:
-            ema.update(engine.engine, step)
+        if clip.skipped:  # some rank's loss or the averaged gradient was not finite
+            state.skipped_steps += 1
+            state.nonfinite_streak += 1
+            _say(rank, f"step {step + 1}: non-finite loss or gradient, update skipped"
+                       f" ({state.nonfinite_streak} in a row, {state.skipped_steps} in all)")  # fmt: skip
+        else:
+            state.nonfinite_streak = 0
+            if ema is not None:
+                ema.update(engine.engine, step)
         state.step, state.cursor.position = step + 1, state.cursor.position + tc.global_batch
         state.elapsed_s += time.perf_counter() - start
         state.skipped_samples += skipped
@@ -155,7 +169,8 @@ def train_worker(config: dict) -> None:
             seconds = time.perf_counter() - start
             metrics = {"loss": mean_loss, "lr": lr, "agc_clip_fraction": clip.fraction,
                        "grad_norm": clip.grad_norm, "images_per_s": tc.global_batch / seconds,
-                       "epoch": state.cursor.epoch(), "skipped_samples": state.skipped_samples}  # fmt: skip
+                       "epoch": state.cursor.epoch(), "skipped_samples": state.skipped_samples,
+                       "skipped_steps": state.skipped_steps}  # fmt: skip
             util = mfu(run.flops_per_image * tc.global_batch / seconds, world, peak)
             if util is not None:
                 metrics["mfu"] = util
@@ -168,7 +183,12 @@ def train_worker(config: dict) -> None:
             state.history.append({"step": state.step, **result})
             tracker.log_metrics({"heldout_loss": result["loss"]}, state.step)
         if state.step % tc.checkpoint_every == 0 or state.step == steps:
-            _checkpoint(engine.engine, state, ema, rank)
+            _checkpoint(engine.engine, state, ema, rank)  # skipped steps changed no weights
+            saved = state.step
+        if state.nonfinite_streak >= tc.max_nonfinite_steps:
+            _stop_nonfinite(cfg, rank, state, saved)
+            tracker.close(status="FAILED")
+            return
 
     # ---- finish -----------------------------------------------------------------------------
     if sample_log is not None:
@@ -211,6 +231,7 @@ def _finish(run: Run, engine, ema, heldout, state, losses) -> dict:
         "eval_resolution": cfg.data.eval_resolution or cfg.data.resolution,
         "init_from": source_path(cfg.init) if cfg.init.from_run else None,
         "heldout_history": state.history, "skipped_samples": state.skipped_samples,
+        "skipped_steps": state.skipped_steps,
         "workers": world, "zero_stage": cfg.cluster.zero_stage, "run_dir": cfg.run.dir,
         "mlflow_run_id": state.mlflow_run_id, "deepspeed": run.ds_config,
     }  # fmt: skip
@@ -245,8 +266,20 @@ def _micro_step(engine, images: torch.Tensor, labels: torch.Tensor, tc) -> tuple
     with perturbed(
         weights, lambda: loss_of(engine.module, images[:k], labels[:k]), tc.sam_rho
     ) as loss:
-        engine.engine.backward(loss_of(engine.engine, images, labels))
+        engine.backward(loss_of(engine.engine, images, labels))
     return loss, engine.step()
+
+
+def _stop_nonfinite(cfg: PretrainConfig, rank: int, state, saved: int) -> None:
+    """Every rank stops here together (the skip is agreed); rank 0 leaves the record."""
+    n, limit = state.nonfinite_streak, cfg.train.max_nonfinite_steps
+    reason = (f"stopped at step {state.step}: {n} steps in a row had a non-finite loss or gradient"
+              f" (train.max_nonfinite_steps={limit}); the weights are those of step"
+              f" {state.step - n} and the latest checkpoint (step {saved}) is intact; expected"
+              " finite steps: lower train.base_lr in a new run.dir, or check the data")  # fmt: skip
+    _say(rank, reason)
+    if rank == 0:
+        stopped.record(cfg.run.dir, reason, state.step)
 
 
 def _model_overrides(cfg: PretrainConfig) -> dict:
