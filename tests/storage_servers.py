@@ -64,3 +64,78 @@ def s3_server(bucket: str = "bucket") -> Iterator[dict]:
         yield opts
     finally:
         server.stop()
+
+
+class FaultCounts:
+    def __init__(self) -> None:
+        self.requests = self.failed = self.stalled = 0
+
+
+@contextmanager
+def faulty_proxy(
+    upstream: str, fail_every: int = 10, stall_every: int = 0, stall_s: float = 3.0
+) -> Iterator[tuple[str, FaultCounts]]:
+    """A reverse proxy on loopback in front of `upstream` (http://host:port). Of every
+    `fail_every` requests one is answered with a 5xx (503, 500, 429 in turn) and of every
+    `stall_every` one is held for stall_s seconds and dropped, neither forwarded; the rest pass
+    through. A fixed schedule, not chance: a retried request arrives as a later one and passes.
+    Yields (its URL, the counts)."""
+    import http.client
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    target = urlsplit(upstream)
+    lock, counts = threading.Lock(), FaultCounts()
+    hop = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                counts.requests += 1
+                n = counts.requests
+                fail = fail_every and n % fail_every == fail_every // 2
+                stall = not fail and stall_every and n % stall_every == stall_every // 3
+                counts.failed += bool(fail)
+                counts.stalled += bool(stall)
+            if fail:
+                self.send_response((503, 500, 429)[counts.failed % 3])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if stall:
+                time.sleep(stall_s)
+                self.close_connection = True
+                return
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            reply = conn.getresponse()
+            data = reply.read()
+            conn.close()
+            self.send_response(reply.status)
+            for k, v in reply.getheaders():
+                if k.lower() not in hop:
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = do_HEAD = _handle
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", counts
+    finally:
+        server.shutdown()
+        server.server_close()

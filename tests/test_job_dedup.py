@@ -71,6 +71,7 @@ def test_dedup_cli_bad_input_is_one_line(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # ~40 s: `make test-slow`; `make bench` measures the same (benchmarks/dedup_quality)
 def test_planted_duplicates_in_the_default_demo_data_are_found(tmp_path):
     """Issue acceptance: precision and recall >= 0.95 on the demo data at the job's defaults."""
     root = build_demo_data(DemoDataConfig(out=str(tmp_path / "demo"), parallel_ingest=False))

@@ -23,9 +23,7 @@ from pipeline.ingest.encode import EncodeSettings
 from pipeline.ingest.plan import ShardPlan, class_names, plan_shards
 from pipeline.ingest.sources import Item, enumerate_items
 from pipeline.ingest.writer import existing_index, index_name, write_shard
-
-# Environment a Ray worker needs to reach the same storage as the driver (emulators, endpoints).
-_STORAGE_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "AWS_ENDPOINT_URL")
+from pipeline.storage import STORAGE_ENV
 
 
 class IngestConfig(Section):
@@ -56,7 +54,7 @@ def _run_ray(todo: list[ShardPlan], args: tuple, bar: tqdm) -> list[ShardIndex]:
     import ray
 
     if not ray.is_initialized():
-        env = {k: os.environ[k] for k in _STORAGE_ENV if k in os.environ}
+        env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
         ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=False)
     task = ray.remote(num_cpus=1, max_retries=3)(write_shard)
     refs = [task.remote(plan, *args) for plan in todo]

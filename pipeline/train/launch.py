@@ -17,7 +17,7 @@ import yaml
 
 from pipeline.config import RunStopped, UserError
 from pipeline.data.manifest import manifest_path, read_manifest
-from pipeline.storage import is_local
+from pipeline.storage import STORAGE_ENV, is_local
 from pipeline.train import stopped
 from pipeline.train.config import PretrainConfig
 from pipeline.train.faults import NONFINITE_STEPS
@@ -26,8 +26,7 @@ from pipeline.train.tracking import default_tracking_uri
 from pipeline.train.warmstart import check_source
 
 # Passed through to the workers (storage emulators, credentials files, MLflow), never logged.
-PASS_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+PASS_ENV = (*STORAGE_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
             "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_URI", "NFSCALE_MLFLOW_PARENT_RUN",
             NONFINITE_STEPS)  # fmt: skip
 
