@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -213,39 +214,81 @@ def test_worker_killed_mid_run_is_restarted_by_ray(reference_run, tiny_data, tmp
     _assert_exactly_once(run_dir, tiny_data, STEPS, 16)
 
 
+@contextmanager
+def _small_disk(path: Path, megabytes: int):
+    """A tmpfs of that size mounted at path (root only: the suite runs as root here and in CI)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
+                              str(path)], capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _fill(disk: Path, leave_bytes: int) -> Path:
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with open(filler, "wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * max(0, free - leave_bytes))
+    return filler
+
+
 @pytest.mark.e2e
-def test_nonfinite_steps_are_skipped_then_stop_the_run_with_its_checkpoints_intact(
+def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_with_checkpoints_intact(
     tiny_data, tmp_path
 ):
-    run_dir = tmp_path / "run"
-    args = [*_args(tiny_data, run_dir), "train.max_nonfinite_steps=3"]
-    # 0-based steps 4 and 7-9 get a NaN loss on one rank: one lone skip, then three in a row
-    out = _pretrain(args, env={**os.environ, NONFINITE_STEPS: "4,7-9"})
-    _ray_stop()
-    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
-    assert out.stderr.strip().splitlines()[-1] == (
-        "error: stopped at step 10: 3 steps in a row had a non-finite loss or gradient"
-        " (train.max_nonfinite_steps=3); the weights are those of step 7 and the latest"
-        " checkpoint (step 10) is intact; expected finite steps: lower train.base_lr in a new"
-        " run.dir, or check the data"
-    )
-    assert (
-        "step 5: non-finite loss or gradient, update skipped (1 in a row, 1 in all)" in out.stdout
-    )
-    assert not (run_dir / "final").exists()
-    states = [json.loads(p.read_text()) for p in run_dir.glob("checkpoints/*/train_state.json")]
-    latest = max(states, key=lambda s: s["step"])
-    assert (latest["step"], latest["skipped_steps"], latest["nonfinite_streak"]) == (10, 4, 3)
+    """Steps with a NaN loss are skipped and counted, too many in a row stop the run; a full
+    checkpoint disk fails it; each time one line, the latest checkpoint intact, and a plain
+    relaunch resumes from it and finishes with every sample seen exactly once."""
+    with _small_disk(tmp_path / "disk", 96) as disk:  # three 17 MB checkpoints fit
+        run_dir = disk / "run"
+        args = [*_args(tiny_data, run_dir), "train.max_nonfinite_steps=3",
+                f"run.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+        # 0-based steps 4 and 7-9 get a NaN loss on one rank: one lone skip, then three in a row
+        out = _pretrain(args, env={**os.environ, NONFINITE_STEPS: "4,7-9"})
+        _ray_stop()
+        assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+        assert out.stderr.strip().splitlines()[-1] == (
+            "error: stopped at step 10: 3 steps in a row had a non-finite loss or gradient"
+            " (train.max_nonfinite_steps=3); the weights are those of step 7 and the latest"
+            " checkpoint (step 10) is intact; expected finite steps: lower train.base_lr in a"
+            " new run.dir, or check the data"
+        )
+        assert "step 5: non-finite loss or gradient, update skipped (1 in a row, 1 in all)" in (
+            out.stdout
+        )
+        assert not (run_dir / "final").exists()
+        states = [json.loads(p.read_text()) for p in run_dir.glob("checkpoints/*/train_state.json")]
+        latest = max(states, key=lambda s: s["step"])
+        assert (latest["step"], latest["skipped_steps"], latest["nonfinite_streak"]) == (10, 4, 3)
 
-    out = _pretrain(args)  # no more faults: resumes from that checkpoint and finishes
-    _ray_stop()
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "resuming from step 10 of 12" in out.stdout
-    summary = json.loads((run_dir / "final" / "summary.json").read_text())
-    assert summary["skipped_steps"] == 4 and summary["heldout_loss"] < 10
-    assert all(torch.isfinite(v).all() for v in _weights(run_dir).values())
-    assert not (run_dir / "stopped.json").exists()
-    _assert_exactly_once(run_dir, tiny_data, STEPS, 16)  # skipped steps still consumed their data
+        # No faults now, but the disk is full: the checkpoint at step 12 cannot be written.
+        filler = _fill(disk, leave_bytes=1 << 20)
+        out = _pretrain([*args, "cluster.max_failures=0"])
+        _ray_stop()
+        assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+        line = out.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: training failed after 0 restarts: OSError: [Errno 28]"), line
+        assert line.endswith(
+            f"the latest complete checkpoint (step 10) under {run_dir}/checkpoints is intact;"
+            " free space on that disk, then launch again to resume"
+        ), line
+        assert not (run_dir / "final").exists()
+
+        filler.unlink()
+        out = _pretrain(args)  # resumes from step 10 and finishes
+        _ray_stop()
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "resuming from step 10 of 12" in out.stdout
+        summary = json.loads((run_dir / "final" / "summary.json").read_text())
+        assert summary["skipped_steps"] == 4 and summary["heldout_loss"] < 10
+        assert all(torch.isfinite(v).all() for v in _weights(run_dir).values())
+        assert not (run_dir / "stopped.json").exists()
+        _assert_exactly_once(run_dir, tiny_data, STEPS, 16)  # skipped steps consumed their data
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,14 @@ def init_ray(cfg: PretrainConfig) -> None:
 
 def launch(cfg: PretrainConfig) -> dict:
     """Run training to completion (resuming if run.dir has checkpoints); returns the summary."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    import ray
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipeline.train.loop import train_worker
@@ -139,11 +146,12 @@ def launch(cfg: PretrainConfig) -> dict:
         ),
     )  # fmt: skip
     stopped.clear(cfg.run.dir)
-    trainer.fit()
-    reason = stopped.reason(cfg.run.dir)
+    try:
+        trainer.fit()
+        reason = stopped.reason(cfg.run.dir)  # the run stopped itself, or None
+    except TrainingFailedError as e:  # Ray's restarts are used up: the cause, in one line
+        reason = stopped.failure_reason(e, cfg.run.dir, cl.max_failures)
     if reason:
-        import ray
-
         ray.shutdown()  # flushes the workers' forwarded output: the reason stays the last line
         raise RunStopped(reason)
     fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir}/final/summary.json")

@@ -1,9 +1,15 @@
-"""A run that stops itself leaves `<run.dir>/stopped.json`: its workers return normally, so Ray
-does not retry what would fail the same way again, and the driver turns the record into one
-line for the user. The next launch of the run directory clears it."""
+"""Why a run stopped, in one line for the user, and where it can go on from.
+
+A run that stops itself (too many non-finite steps in a row) leaves `<run.dir>/stopped.json`:
+its workers return normally, so Ray does not retry what would fail the same way again, and the
+driver turns the record into the line. The next launch of the run directory clears it. A run
+that failed (a full disk, a read-only checkpoint directory, ...) after Ray's retries is named
+by its root cause and the latest checkpoint Ray registered complete.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import fsspec
@@ -34,3 +40,49 @@ def clear(run_dir: str) -> None:
     fs, path = _path(run_dir)
     if fs.exists(path):
         fs.rm(path)
+
+
+def latest_checkpoint_step(run_dir: str) -> int | None:
+    """The step of the latest checkpoint Ray registered as complete (every rank's part)."""
+    fs, path = fsspec.core.url_to_fs(f"{run_dir.rstrip('/')}/checkpoints")
+    try:
+        snapshot = json.loads(fs.cat_file(f"{path}/checkpoint_manager_snapshot.json"))
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The first worker's exception, unwrapped from Ray's and chained errors to its origin."""
+    failures = getattr(error, "worker_failures", None) or {}
+    seen = error = next(iter(failures.values()), None) or getattr(
+        error, "controller_failure", error
+    )
+    while True:
+        inner = getattr(error, "cause", None) or error.__cause__ or error.__context__
+        if not isinstance(inner, BaseException) or inner is seen:
+            return error
+        seen = error = inner
+
+
+_STORAGE_HINT = {
+    errno.ENOSPC: "free space on that disk",
+    errno.EDQUOT: "raise the disk quota",
+    errno.EACCES: "make run.dir writable",
+    errno.EPERM: "make run.dir writable",
+    errno.EROFS: "put run.dir on a writable filesystem",
+}
+
+
+def failure_reason(error: BaseException, run_dir: str, retries: int) -> str:
+    cause = root_cause(error)
+    what = " ".join(f"{type(cause).__name__}: {cause}".split())[:400]
+    step = latest_checkpoint_step(run_dir)
+    kept = (
+        f"the latest complete checkpoint (step {step}) under {run_dir}/checkpoints is intact"
+        if step is not None
+        else "no checkpoint was complete yet"
+    )
+    hint = _STORAGE_HINT.get(getattr(cause, "errno", None))
+    todo = f"{hint}, then launch again to resume" if hint else "launch again to resume"
+    return f"training failed after {retries} restarts: {what}; {kept}; {todo}"

@@ -88,8 +88,9 @@ class MlflowTracker(Tracker):
             log_system_metrics=system_metrics,
         )  # fmt: skip
         self.run_id = run.info.run_id
-        fs.makedirs(root, exist_ok=True)
-        atomic_write(fs, id_path, self.run_id.encode())
+        if run_id != self.run_id:  # a new run: remember it for the next attempt
+            fs.makedirs(root, exist_ok=True)
+            atomic_write(fs, id_path, self.run_id.encode())
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = flatten(params)
