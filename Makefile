@@ -9,8 +9,10 @@ PIP := set -o pipefail; $(PY) -m pip install -q
 # pip.conf on these machines names index folders that may not exist; drop that noise only.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 export PYTHONUNBUFFERED := 1
+STAGES := ingest dedup pretrain finetune sweep report
 
-.PHONY: setup test test-fast test-slow demo demo-data bench bench-timm lint format clean
+.PHONY: setup test test-fast test-slow chaos demo demo-data bench bench-timm lint format clean \
+	$(addprefix submit-,$(STAGES))
 
 setup: $(STAMP)
 
@@ -33,11 +35,25 @@ test-fast: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
+# The long variants of the reliability suite: injected worker kills mid-step and mid-checkpoint
+# write, and a whole chain of stage jobs on gs:// behind a fault-injecting proxy.
+chaos: setup
+	$(PY) -m pytest -q -m chaos
+
 demo: setup
 	$(PY) jobs/demo.py
 
 demo-data: setup
 	$(PY) jobs/make_demo_data.py
+
+# One stage as a Ray job on a running cluster (infra/README.md: from `ray up` on), e.g.
+#   make submit-pretrain ARGS="--config configs/pretrain/nfnet_f7plus.yaml run.dir=gs://B/runs/f7p"
+#   make submit-ingest ARGS="input=gs://B/raw/pool output=gs://B/shards/pool prefix=pool"
+# RAY_DASHBOARD is the cluster's job API (`ray dashboard infra/ray/cluster-gcp.yaml` forwards it).
+RAY_DASHBOARD ?= http://127.0.0.1:8265
+$(addprefix submit-,$(STAGES)): submit-%: setup
+	RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address $(RAY_DASHBOARD) \
+		--runtime-env infra/runtime_env.yaml -- python jobs/$*.py $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.run

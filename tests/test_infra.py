@@ -195,3 +195,26 @@ def test_runtime_env_uploads_code_but_not_data_runs_or_venv(tmp_path):
     top = {n.split("/", 1)[0] for n in names}
     assert not top & {"data", "runs", ".venv", ".git", "mlruns"}
     assert not [n for n in names if n.endswith(".db") or "__pycache__" in n]
+
+
+@pytest.mark.parametrize("stage", ["ingest", "dedup", "pretrain", "finetune", "sweep", "report"])
+def test_make_submit_runs_the_stage_as_a_ray_job_with_the_runtime_env(stage):
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "--no-print-directory", f"submit-{stage}",
+                          "RAY_DASHBOARD=http://127.0.0.1:9999", "ARGS=a=1 'b=[2, 3]'"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+    lines = out.stdout.replace("\\\n", " ").splitlines()  # after setup's, if the venv is stale
+    command = next(x for x in lines if x.startswith("RAY_AUTH_MODE")).split()
+    assert command[:5] == ["RAY_AUTH_MODE=token", ".venv/bin/ray", "job", "submit", "--address"]
+    assert command[5:8] == ["http://127.0.0.1:9999", "--runtime-env", "infra/runtime_env.yaml"]
+    assert command[8:] == ["--", "python", f"jobs/{stage}.py", "a=1", "'b=[2,", "3]'"]
+    assert (ROOT / "jobs" / f"{stage}.py").exists()
+
+
+def test_make_submit_refuses_an_unknown_stage():
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "submit-nonsense"], cwd=ROOT, capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode != 0 and "No rule to make target 'submit-nonsense'" in out.stderr

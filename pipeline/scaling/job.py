@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import fsspec
 from pydantic import Field, model_validator
 
 from pipeline.config import Section, UserError
@@ -16,11 +18,12 @@ from pipeline.scaling.plots import write_figures
 from pipeline.scaling.report import write_reports
 from pipeline.scaling.table import Columns, read_table
 from pipeline.scaling.tracking import log_report_dir
+from pipeline.storage import is_local
 
 
 class ReportJobConfig(Section):
     results: str = Field(description="results table (CSV)")
-    out: str = Field(description="output folder (local)")
+    out: str = Field(description="output folder (local, or any fsspec URL: gs://, s3://)")
     params_col: str = "params"
     tokens_col: str | None = Field(None, description="data D as given; compute C = 6 N D")
     flops_col: str | None = Field(None, description="compute C as given; D = C / (6 N)")
@@ -62,14 +65,18 @@ def run_report(cfg: ReportJobConfig) -> dict:
     table = read_table(cfg.results, cfg.columns(), cfg.drop_highest_loss)
     analysis = analyse(table, n_boot=cfg.bootstrap, seed=cfg.seed)
     doc = json_safe(summary(analysis))
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {cfg.out!r}: {e.strerror}") from None
-    (out / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    figures = write_figures(analysis, out)
-    write_reports(analysis, doc, figures, out)
-    if cfg.mlflow_run_id:
-        log_report_dir(out, cfg.mlflow_run_id, tracking_uri=cfg.mlflow_uri)
+    fs, root = fsspec.core.url_to_fs(cfg.out)
+    with tempfile.TemporaryDirectory(prefix="nfscale-report-") as tmp:
+        out = Path(cfg.out) if is_local(fs) else Path(tmp)  # a remote folder: written, then put
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create output folder {cfg.out!r}: {e.strerror}") from None
+        (out / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        figures = write_figures(analysis, out)
+        write_reports(analysis, doc, figures, out)
+        if cfg.mlflow_run_id:
+            log_report_dir(out, cfg.mlflow_run_id, tracking_uri=cfg.mlflow_uri)
+        if not is_local(fs):
+            fs.put([str(f) for f in sorted(out.iterdir())], root.rstrip("/") + "/")
     return doc

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import fsspec
 import numpy as np
 
 from pipeline.config import UserError
@@ -67,11 +67,11 @@ def _number(path: str, line: int, column: str, raw: str, positive: bool = True) 
 
 
 def _read_csv(path: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    p = Path(path)
-    if not p.is_file():
+    fs, p = fsspec.core.url_to_fs(path)  # a local path or any fsspec URL (gs://, s3://)
+    if not fs.isfile(p):
         raise UserError(f"results table {path!r} not found; expected a CSV file")
     try:
-        with p.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
+        with fs.open(p, "rt", newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets' BOM
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header

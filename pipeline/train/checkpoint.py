@@ -8,12 +8,18 @@ failed or killed write is never resumed from. Layout:
   train_state.json       step, loader cursor, MLflow run id, accumulated wall time (rank 0)
   rng_rank{r}.json       torch / numpy / python RNG states of rank r
   ema.safetensors        EMA weights (rank 0; all ranks hold the same)
+
+Loading never runs code from a checkpoint: DeepSpeed reads its files with full pickle
+(`torch.load(weights_only=False)`); here torch's weights-only unpickler is forced on it, with
+exactly the three plain DeepSpeed classes its ZeRO 0-3 checkpoints hold allowed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,11 +81,31 @@ def save(engine, state: TrainState, ema, directory: str, rank: int) -> None:
             save_file(ema.tensors, str(root / EMA_FILE))
 
 
+@contextmanager
+def weights_only_loads():
+    """Every torch.load inside is weights-only, whatever its caller asked for."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    saved = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
+
+
 def load(engine, ema, directory: str, rank: int, num_samples: int) -> TrainState:
     root = Path(directory)
-    path, _ = engine.load_checkpoint(
-        str(root), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-    )
+    with weights_only_loads():
+        path, _ = engine.load_checkpoint(
+            str(root), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
     if path is None:
         raise RuntimeError(f"{root} holds no DeepSpeed checkpoint under tag {DS_TAG!r}")
     state = TrainState.from_json(json.loads((root / STATE_FILE).read_text()), num_samples)

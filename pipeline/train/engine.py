@@ -102,7 +102,9 @@ class Engine:
             self.engine.step()
             return None
         stats = self.agc()  # its norm is of the averaged gradient: the same on every rank
-        bad = self._bad_loss.float() if self._bad_loss is not None else torch.zeros(())
+        bad = torch.zeros((), device=self.engine.device)  # NCCL reduces on the GPU only
+        if self._bad_loss is not None:
+            bad = self._bad_loss.float()
         self._bad_loss = None
         if torch.distributed.is_initialized():  # one rank's NaN loss: every rank skips
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)

@@ -20,7 +20,7 @@ from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.storage import STORAGE_ENV, is_local
 from pipeline.train import stopped
 from pipeline.train.config import PretrainConfig
-from pipeline.train.faults import NONFINITE_STEPS
+from pipeline.train.faults import ENV as FAULT_ENV
 from pipeline.train.identity import check_same_run, recipe_changes, record_run_config
 from pipeline.train.tracking import default_tracking_uri
 from pipeline.train.warmstart import check_source
@@ -28,7 +28,7 @@ from pipeline.train.warmstart import check_source
 # Passed through to the workers (storage emulators, credentials files, MLflow), never logged.
 PASS_ENV = (*STORAGE_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
             "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_URI", "NFSCALE_MLFLOW_PARENT_RUN",
-            NONFINITE_STEPS)  # fmt: skip
+            *FAULT_ENV)  # fmt: skip
 
 
 def absolute(url: str) -> str:

@@ -49,7 +49,7 @@ from pipeline.train.data import HeldOut, TrainData
 from pipeline.train.ema import Ema
 from pipeline.train.engine import build_engine, deepspeed_config
 from pipeline.train.export import full_state_dict, save_safetensors
-from pipeline.train.faults import nonfinite_steps, poison
+from pipeline.train.faults import Faults
 from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
 from pipeline.train.warmstart import load_weights, source_path
 
@@ -130,8 +130,8 @@ def train_worker(config: dict) -> None:
     batches = data.micro_batches(plan, state.cursor.position, steps - state.step,
                                  cfg.data.loader_workers)  # fmt: skip
     sample_log = _sample_log(cfg, rank)
-    faults = nonfinite_steps()  # empty unless the reliability suite injects faults
-    saved = state.step  # the latest checkpoint
+    faults = Faults.from_env(rank, world, cfg.run.dir)  # none unless a chaos test sets them
+    saved = state.step if latest is not None else None  # the latest checkpoint's step
     losses: list[torch.Tensor] = []  # stays empty when a finished run is launched again
     for step in range(state.step, steps):
         start = time.perf_counter()
@@ -140,10 +140,9 @@ def train_worker(config: dict) -> None:
         losses, ids, skipped, clip = [], [], 0, None
         for _ in range(accum):
             batch = next(batches)
-            images = normalize(batch["images"].to(device), run.dtype)
-            if faults:
-                images = poison(images, step, faults, rank, world)
+            images = faults.poison(normalize(batch["images"].to(device), run.dtype), step)
             loss, stats = _micro_step(engine, images, batch["labels"].to(device), tc)
+            faults.kill("step", step)
             clip = stats or clip
             losses.append(loss)
             ids += batch["sample_ids"].tolist()
@@ -183,7 +182,7 @@ def train_worker(config: dict) -> None:
             state.history.append({"step": state.step, **result})
             tracker.log_metrics({"heldout_loss": result["loss"]}, state.step)
         if state.step % tc.checkpoint_every == 0 or state.step == steps:
-            _checkpoint(engine.engine, state, ema, rank)  # skipped steps changed no weights
+            _checkpoint(engine.engine, state, ema, rank, faults)  # skips changed no weights
             saved = state.step
         if state.nonfinite_streak >= tc.max_nonfinite_steps:
             _stop_nonfinite(cfg, rank, state, saved)
@@ -270,13 +269,15 @@ def _micro_step(engine, images: torch.Tensor, labels: torch.Tensor, tc) -> tuple
     return loss, engine.step()
 
 
-def _stop_nonfinite(cfg: PretrainConfig, rank: int, state, saved: int) -> None:
+def _stop_nonfinite(cfg: PretrainConfig, rank: int, state, saved: int | None) -> None:
     """Every rank stops here together (the skip is agreed); rank 0 leaves the record."""
     n, limit = state.nonfinite_streak, cfg.train.max_nonfinite_steps
+    kept = "no checkpoint was written yet" if saved is None else (
+        f"the latest checkpoint (step {saved}) is intact")  # fmt: skip
     reason = (f"stopped at step {state.step}: {n} steps in a row had a non-finite loss or gradient"
               f" (train.max_nonfinite_steps={limit}); the weights are those of step"
-              f" {state.step - n} and the latest checkpoint (step {saved}) is intact; expected"
-              " finite steps: lower train.base_lr in a new run.dir, or check the data")  # fmt: skip
+              f" {state.step - n} and {kept}; expected finite steps: lower train.base_lr in a"
+              " new run.dir, or check the data")  # fmt: skip
     _say(rank, reason)
     if rank == 0:
         stopped.record(cfg.run.dir, reason, state.step)
@@ -287,9 +288,10 @@ def _model_overrides(cfg: PretrainConfig) -> dict:
     return {k: v for k, v in pairs if v is not None}
 
 
-def _checkpoint(engine, state, ema, rank: int) -> None:
+def _checkpoint(engine, state, ema, rank: int, faults: Faults) -> None:
     with tempfile.TemporaryDirectory(prefix="nfscale-ckpt-") as tmp:
         checkpoint.save(engine, state, ema, tmp, rank)
+        faults.kill("checkpoint", state.step)
         ray.train.report({"step": state.step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
