@@ -8,6 +8,7 @@ reference the killed runs must match bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -230,22 +231,18 @@ def _small_disk(path: Path, megabytes: int):
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def _fill(disk: Path, leave_bytes: int) -> Path:
-    filler = disk / "filler"
+def _fill(disk: Path, leave_bytes: int) -> None:
     free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    with open(filler, "wb") as f:
-        f.truncate(0)
-        f.write(b"\0" * max(0, free - leave_bytes))
-    return filler
+    (disk / "filler").write_bytes(b"\0" * max(0, free - leave_bytes))
 
 
 @pytest.mark.e2e
-def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_with_checkpoints_intact(
+def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_intact(
     tiny_data, tmp_path
 ):
-    """Steps with a NaN loss are skipped and counted, too many in a row stop the run; a full
-    checkpoint disk fails it; each time one line, the latest checkpoint intact, and a plain
-    relaunch resumes from it and finishes with every sample seen exactly once."""
+    """Steps with a NaN loss are skipped and counted, too many in a row stop the run; the next
+    launch resumes from the checkpoint the stop left, and a full checkpoint disk fails it; each
+    time one line, and the latest checkpoint stays intact byte for byte."""
     with _small_disk(tmp_path / "disk", 96) as disk:  # three 17 MB checkpoints fit
         run_dir = disk / "run"
         args = [*_args(tiny_data, run_dir), "train.max_nonfinite_steps=3",
@@ -263,34 +260,39 @@ def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_with_checkpoi
         assert "step 5: non-finite loss or gradient, update skipped (1 in a row, 1 in all)" in (
             out.stdout
         )
-        assert not (run_dir / "final").exists()
-        states = [json.loads(p.read_text()) for p in run_dir.glob("checkpoints/*/train_state.json")]
-        latest = max(states, key=lambda s: s["step"])
-        assert (latest["step"], latest["skipped_steps"], latest["nonfinite_streak"]) == (10, 4, 3)
+        assert (run_dir / "stopped.json").exists() and not (run_dir / "final").exists()
+        latest = _registered_checkpoint(run_dir)
+        state = json.loads((latest / "train_state.json").read_text())
+        assert (state["step"], state["skipped_steps"], state["nonfinite_streak"]) == (10, 4, 3)
+        before = _file_hashes(latest)
 
-        # No faults now, but the disk is full: the checkpoint at step 12 cannot be written.
-        filler = _fill(disk, leave_bytes=1 << 20)
+        # No faults now, but the disk is full: the resumed run cannot write its step-12 checkpoint.
+        _fill(disk, leave_bytes=1 << 20)
         out = _pretrain([*args, "cluster.max_failures=0"])
         _ray_stop()
         assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+        assert "resuming from step 10 of 12" in out.stdout  # the stop's checkpoint loads
         line = out.stderr.strip().splitlines()[-1]
         assert line.startswith("error: training failed after 0 restarts: OSError: [Errno 28]"), line
         assert line.endswith(
             f"the latest complete checkpoint (step 10) under {run_dir}/checkpoints is intact;"
             " free space on that disk, then launch again to resume"
         ), line
-        assert not (run_dir / "final").exists()
-
-        filler.unlink()
-        out = _pretrain(args)  # resumes from step 10 and finishes
-        _ray_stop()
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert "resuming from step 10 of 12" in out.stdout
-        summary = json.loads((run_dir / "final" / "summary.json").read_text())
-        assert summary["skipped_steps"] == 4 and summary["heldout_loss"] < 10
-        assert all(torch.isfinite(v).all() for v in _weights(run_dir).values())
-        assert not (run_dir / "stopped.json").exists()
+        assert _registered_checkpoint(run_dir) == latest and _file_hashes(latest) == before
+        assert not (run_dir / "stopped.json").exists() and not (run_dir / "final").exists()
         _assert_exactly_once(run_dir, tiny_data, STEPS, 16)  # skipped steps consumed their data
+
+
+def _registered_checkpoint(run_dir: Path) -> Path:
+    snapshot = json.loads(
+        (run_dir / "checkpoints" / "checkpoint_manager_snapshot.json").read_text()
+    )
+    return run_dir / "checkpoints" / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
 
 
 @pytest.mark.parametrize(

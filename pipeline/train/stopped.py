@@ -55,14 +55,14 @@ def latest_checkpoint_step(run_dir: str) -> int | None:
 def root_cause(error: BaseException) -> BaseException:
     """The first worker's exception, unwrapped from Ray's and chained errors to its origin."""
     failures = getattr(error, "worker_failures", None) or {}
-    seen = error = next(iter(failures.values()), None) or getattr(
-        error, "controller_failure", error
-    )
+    error = next(iter(failures.values()), None) or getattr(error, "controller_failure", error)
+    seen = {id(error)}
     while True:
         inner = getattr(error, "cause", None) or error.__cause__ or error.__context__
-        if not isinstance(inner, BaseException) or inner is seen:
+        if not isinstance(inner, BaseException) or id(inner) in seen:
             return error
-        seen = error = inner
+        seen.add(id(inner))
+        error = inner
 
 
 _STORAGE_HINT = {
@@ -85,4 +85,5 @@ def failure_reason(error: BaseException, run_dir: str, retries: int) -> str:
     )
     hint = _STORAGE_HINT.get(getattr(cause, "errno", None))
     todo = f"{hint}, then launch again to resume" if hint else "launch again to resume"
-    return f"training failed after {retries} restarts: {what}; {kept}; {todo}"
+    restarts = retries if getattr(error, "worker_failures", None) else 0  # a controller error
+    return f"training failed after {restarts} restarts: {what}; {kept}; {todo}"
