@@ -209,14 +209,14 @@ def test_object_store_round_trip(image_tree, tmp_path, server, url):
 
 
 def test_a_flaky_object_store_loses_nothing(image_tree, tmp_path):
-    """The GCS emulator behind a proxy that answers 1 request in 10 with a 5xx and stalls 1 in
-    25: ingest and reads retry with backoff; shards are byte-identical, every sample reads back."""
+    """The GCS emulator behind a proxy that answers 1 request in 12 with a 5xx and stalls 1 in
+    30: ingest and reads retry with backoff; shards are byte-identical, every sample reads back."""
     local = ingest(_cfg(image_tree, tmp_path / "local", parallel=False), progress=False)
     set_storage_defaults(stall_s=0.5)  # a stall ends after 0.5 s without a byte, then a retry
     try:
         with gcs_emulator("bucket") as opts:
             upstream = os.environ["STORAGE_EMULATOR_HOST"]
-            with faulty_proxy(upstream, fail_every=10, stall_every=25, stall_s=2) as (url, n):
+            with faulty_proxy(upstream, fail_every=12, stall_every=30, stall_s=2) as (url, n):
                 os.environ["STORAGE_EMULATOR_HOST"] = url  # gcs_emulator restores it
                 # gcsfs is imported here, after gcs_emulator's environment (see ENVIRONMENT.md);
                 # its instances remember the endpoint they were made for
@@ -229,12 +229,13 @@ def test_a_flaky_object_store_loses_nothing(image_tree, tmp_path):
                     for s, rec in enumerate(remote.shards)
                     for i in range(rec.num_samples)
                 ]
-            fs = fsspec.filesystem("gs", **opts)
+            os.environ["STORAGE_EMULATOR_HOST"] = upstream  # the proxy is gone: read directly
+            fs = fsspec.filesystem("gs", skip_instance_cache=True, **opts)
             remote_bytes = {r.name: fs.cat_file(f"bucket/shards/{r.name}") for r in remote.shards}
     finally:
         set_storage_defaults()
         fsspec.get_filesystem_class("gs").clear_instance_cache()
-    assert n.failed >= 5 and n.stalled >= 2, vars(n)  # the faults did happen
+    assert n.failed >= 4 and n.stalled >= 1, vars(n)  # the faults did happen
     assert remote.model_dump(exclude={"settings"}) == local.model_dump(exclude={"settings"})
     for rec in local.shards:
         assert remote_bytes[rec.name] == (tmp_path / "local" / rec.name).read_bytes()
