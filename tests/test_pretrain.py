@@ -237,6 +237,8 @@ def _fill(disk: Path, leave_bytes: int) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.chaos  # ~90 s: `make chaos`; make test checks the engine's skip and the stop lines
 def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_intact(
     tiny_data, tmp_path
 ):

@@ -187,6 +187,8 @@ def train_worker(config: dict) -> None:
         if state.nonfinite_streak >= tc.max_nonfinite_steps:
             _stop_nonfinite(cfg, rank, state, saved)
             tracker.close(status="FAILED")
+            if sample_log is not None:
+                sample_log.close()
             return
 
     # ---- finish -----------------------------------------------------------------------------
