@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import fsspec
@@ -22,12 +21,10 @@ import pytest
 from pipeline.data.demo_set import DemoDataConfig, build_demo_data
 from pipeline.data.manifest import Manifest
 from pipeline.sweep.results import ResultsTable
-from pipeline.train.spawn import free_port
+from tests.ray_head import loopback_head
 from tests.storage_servers import faulty_proxy, gcs_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-RAY = str(Path(PY).parent / "ray")
 POINT = ("{data: {train: gs://bucket/dedup, train_prefix: pool, val: gs://bucket/shards/val,"
          " val_prefix: val, resolution: 32, eval_resolution: 32, val_samples: 16},"
          " train: {global_batch: 8, micro_batch: 4, checkpoint_every: 2, eval_every: 0},"
@@ -64,46 +61,34 @@ def test_stage_jobs_on_gs_through_a_faulty_proxy(tmp_path):
                                          workers=1, parallel_ingest=False)) / "raw"  # fmt: skip
     with gcs_emulator("bucket"):
         upstream = os.environ["STORAGE_EMULATOR_HOST"]
-        with faulty_proxy(upstream, fail_every=10, stall_every=25, stall_s=3) as (proxy, n):
-            port, dash = free_port(), free_port()
-            env = {**os.environ, "PATH": f"{Path(PY).parent}:{os.environ['PATH']}",
-                   "RAY_AUTH_MODE": "token", "STORAGE_EMULATOR_HOST": proxy,
-                   "NFSCALE_STORAGE_STALL_S": "1"}  # fmt: skip
-            subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
-            subprocess.run([RAY, "get-auth-token", "--generate"], check=True,
-                           capture_output=True, timeout=120, env=env)  # fmt: skip
-            subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2",
-                            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                            f"--dashboard-port={dash}", "--include-dashboard=true"],
-                           check=True, capture_output=True, timeout=180, env=env)  # fmt: skip
-            dashboard = f"http://127.0.0.1:{dash}"
-            try:
-                for split in ("train", "val", "reference"):
-                    _submit("ingest", [f"input={raw / split}", f"output=gs://bucket/shards/{split}",
-                                       f"prefix={split}"], env, dashboard)  # fmt: skip
-                _submit("dedup", ["--reference", "gs://bucket/shards/reference/reference-*.tar",
-                                  "--pool", "gs://bucket/shards/train/train-*.tar",
-                                  "--out", "gs://bucket/dedup", "--prefix", "pool"],
-                        env, dashboard)  # fmt: skip
-                sweep_dir = tmp_path / "sweep"
-                _submit("sweep", [f"sweep.dir={sweep_dir}", "'sweep.models=[nfnet_nano0]'",
-                                  "'sweep.epochs=[0.5, 1.0]'", f"'pretrain={POINT}'"],
-                        env, dashboard)  # fmt: skip
-                rows = ResultsTable(str(sweep_dir / "results.csv")).latest()
-                best = min(rows.values(), key=lambda r: float(r["heldout_loss"]))
-                _submit("finetune", [f"init.from_run={best['run_dir']}",
-                                     f"run.dir={tmp_path / 'finetune'}",
-                                     "data.train=gs://bucket/dedup", "data.train_prefix=pool",
-                                     "data.val=gs://bucket/shards/val", "data.val_prefix=val",
-                                     "data.resolution=32", "data.eval_resolution=40",
-                                     "data.val_samples=16", "train.epochs=0.5",
-                                     "train.global_batch=16", "train.micro_batch=4"],
-                        env, dashboard)  # fmt: skip
-                _submit("report", ["--results", str(sweep_dir / "results.csv"),
-                                   "--out", "gs://bucket/report", "--bootstrap", "20"],
-                        env, dashboard)  # fmt: skip
-            finally:
-                subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        proxied = faulty_proxy(upstream, fail_every=10, stall_every=25, stall_s=3)
+        with proxied as (proxy, n), loopback_head(STORAGE_EMULATOR_HOST=proxy,
+                                                  NFSCALE_STORAGE_STALL_S="1") as head:  # fmt: skip
+            dashboard, env = head
+            for split in ("train", "val", "reference"):
+                _submit("ingest", [f"input={raw / split}", f"output=gs://bucket/shards/{split}",
+                                   f"prefix={split}"], env, dashboard)  # fmt: skip
+            _submit("dedup", ["--reference", "gs://bucket/shards/reference/reference-*.tar",
+                              "--pool", "gs://bucket/shards/train/train-*.tar",
+                              "--out", "gs://bucket/dedup", "--prefix", "pool"],
+                    env, dashboard)  # fmt: skip
+            sweep_dir = tmp_path / "sweep"
+            _submit("sweep", [f"sweep.dir={sweep_dir}", "'sweep.models=[nfnet_nano0]'",
+                              "'sweep.epochs=[0.5, 1.0]'", f"'pretrain={POINT}'"],
+                    env, dashboard)  # fmt: skip
+            rows = ResultsTable(str(sweep_dir / "results.csv")).latest()
+            best = min(rows.values(), key=lambda r: float(r["heldout_loss"]))
+            _submit("finetune", [f"init.from_run={best['run_dir']}",
+                                 f"run.dir={tmp_path / 'finetune'}",
+                                 "data.train=gs://bucket/dedup", "data.train_prefix=pool",
+                                 "data.val=gs://bucket/shards/val", "data.val_prefix=val",
+                                 "data.resolution=32", "data.eval_resolution=40",
+                                 "data.val_samples=16", "train.epochs=0.5",
+                                 "train.global_batch=16", "train.micro_batch=4"],
+                    env, dashboard)  # fmt: skip
+            _submit("report", ["--results", str(sweep_dir / "results.csv"),
+                               "--out", "gs://bucket/report", "--bootstrap", "20"],
+                    env, dashboard)  # fmt: skip
         fs = fsspec.filesystem("gs", skip_instance_cache=True)  # the emulator, no proxy
         pool = _intact(fs, "bucket/shards/train", "train")
         assert _intact(fs, "bucket/shards/val", "val") == 16

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.data.manifest import read_manifest
 from pipeline.sweep.results import ResultsTable
+from tests.ray_head import ray_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -36,15 +37,10 @@ def _args(tmp: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _ray_stop() -> None:
-    subprocess.run([str(Path(PY).parent / "ray"), "stop", "--force"], capture_output=True,
-                   timeout=120)  # fmt: skip
-
-
 def _demo(tmp: Path) -> subprocess.CompletedProcess:
     out = subprocess.run([PY, "jobs/demo.py", *_args(tmp)], cwd=ROOT, capture_output=True,
                          text=True, timeout=900)  # fmt: skip
-    _ray_stop()
+    ray_stop()
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
     return out
 
@@ -64,7 +60,7 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
         os.killpg(proc.pid, signal.SIGKILL)  # driver, Ray, the running points' workers
         proc.wait(timeout=60)
     finally:
-        _ray_stop()
+        ray_stop()
     before = ResultsTable(str(results)).rows()
     done_first = [r["point"] for r in before if r["status"] == "finished"]
     assert 1 <= len(done_first) < 4  # the kill landed mid-sweep

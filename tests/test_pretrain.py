@@ -30,7 +30,7 @@ from pipeline.train.config import PretrainConfig
 from pipeline.train.faults import KILL, NONFINITE_STEPS
 from pipeline.train.identity import record_run_config
 from pipeline.train.launch import finished_summary, preflight
-from pipeline.train.spawn import free_port
+from tests.ray_head import RAY, loopback_head, ray_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -50,11 +50,6 @@ def _args(data: Path, run_dir: Path) -> list[str]:
 def _pretrain(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "jobs/pretrain.py", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, **kw)  # fmt: skip
-
-
-def _ray_stop() -> None:
-    subprocess.run([str(Path(PY).parent / "ray"), "stop", "--force"], capture_output=True,
-                   timeout=120)  # fmt: skip
 
 
 def _weights(run_dir: Path) -> dict:
@@ -91,29 +86,12 @@ def _assert_exactly_once(run_dir: Path, data: Path, steps: int, batch: int) -> N
 def reference_run(tiny_data, tmp_path_factory) -> Path:
     """`ray start --head` on loopback + `ray job submit`: the users' path, uninterrupted."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    ray = str(Path(PY).parent / "ray")
-    port, dash = free_port(), free_port()
-    # Ray 2.60 clusters require a token; the CLI reads ~/.ray/auth_token in token mode.
-    env = {
-        **os.environ,
-        "PATH": f"{Path(PY).parent}:{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "token",
-    }
-    _ray_stop()
-    subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True,
-                   timeout=120, env=env)  # fmt: skip
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2",
-                    "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--include-dashboard=true"],
-                   check=True, capture_output=True, timeout=180, env=env)  # fmt: skip
-    try:
+    with loopback_head() as (address, env):
         out = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
-             str(ROOT), "--", PY, "jobs/pretrain.py", *_args(tiny_data, run_dir)],
+            [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--", PY,
+             "jobs/pretrain.py", *_args(tiny_data, run_dir)],
             capture_output=True, text=True, timeout=600, env=env,
         )  # fmt: skip
-    finally:
-        _ray_stop()
     assert out.returncode == 0 and "succeeded" in out.stdout, (
         out.stdout[-3000:] + out.stderr[-2000:]
     )
@@ -168,10 +146,10 @@ def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and both workers
         proc.wait(timeout=60)
     finally:
-        _ray_stop()  # Ray daemons that outlive their driver
+        ray_stop()  # Ray daemons that outlive their driver
     assert not (run_dir / "final").exists()
     out = _pretrain(_args(tiny_data, run_dir))
-    _ray_stop()
+    ray_stop()
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming from step" in out.stdout + out.stderr
     _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
@@ -207,7 +185,7 @@ def test_worker_killed_mid_checkpoint_write_and_mid_step_is_restarted_by_ray(
     run_dir = tmp_path / "run"
     env = {**os.environ, KILL: "checkpoint:4,step:7"}
     out = _pretrain(_args(tiny_data, run_dir), env=env)
-    _ray_stop()
+    ray_stop()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "SIGKILL at checkpoint 4" in log and "SIGKILL at step 7" in log
@@ -251,7 +229,7 @@ def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_in
                 f"run.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
         # 0-based steps 4 and 7-9 get a NaN loss on one rank: one lone skip, then three in a row
         out = _pretrain(args, env={**os.environ, NONFINITE_STEPS: "4,7-9"})
-        _ray_stop()
+        ray_stop()
         assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
         assert out.stderr.strip().splitlines()[-1] == (
             "error: stopped at step 10: 3 steps in a row had a non-finite loss or gradient"
@@ -271,7 +249,7 @@ def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_in
         # No faults now, but the disk is full: the resumed run cannot write its step-12 checkpoint.
         _fill(disk, leave_bytes=1 << 20)
         out = _pretrain([*args, "cluster.max_failures=0"])
-        _ray_stop()
+        ray_stop()
         assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
         assert "resuming from step 10 of 12" in out.stdout  # the stop's checkpoint loads
         line = out.stderr.strip().splitlines()[-1]
