@@ -9,6 +9,9 @@ failed or killed write is never resumed from. Layout:
   rng_rank{r}.json       torch / numpy / python RNG states of rank r
   ema.safetensors        EMA weights (rank 0; all ranks hold the same)
 
+A checkpoint written by W ranks resumes on W' ranks (ZeRO 1-3: `reshard`; stage 0 holds
+the whole state anyway); rank r' restores rng_rank{r'}.json where the old run had that rank.
+
 Loading never runs code from a checkpoint: DeepSpeed reads its files with full pickle
 (`torch.load(weights_only=False)`); here torch's weights-only unpickler is forced on it, with
 exactly the three plain DeepSpeed classes its ZeRO 0-3 checkpoints hold allowed.
@@ -28,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.data.order import Cursor
+from pipeline.train import reshard
 
 DS_TAG = "deepspeed"
 STATE_FILE = "train_state.json"
@@ -101,13 +105,18 @@ def weights_only_loads():
 
 
 def load(engine, ema, directory: str, rank: int, num_samples: int) -> TrainState:
+    """The engine, EMA and this rank's RNG from a checkpoint written by any number of ranks."""
     root = Path(directory)
+    saved_world = reshard.saved_world_size(root / DS_TAG)
     with weights_only_loads():
-        path, _ = engine.load_checkpoint(
-            str(root), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-        )
-    if path is None:
-        raise RuntimeError(f"{root} holds no DeepSpeed checkpoint under tag {DS_TAG!r}")
+        if saved_world not in (None, engine.dp_world_size):  # elastic: re-partitioned here
+            reshard.load(engine, root / DS_TAG)
+        else:
+            path, _ = engine.load_checkpoint(
+                str(root), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
+            if path is None:
+                raise RuntimeError(f"{root} holds no DeepSpeed checkpoint under tag {DS_TAG!r}")
     state = TrainState.from_json(json.loads((root / STATE_FILE).read_text()), num_samples)
     rng = root / f"rng_rank{rank}.json"
     if rng.exists():
