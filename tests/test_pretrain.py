@@ -84,12 +84,15 @@ def _assert_exactly_once(run_dir: Path, data: Path, steps: int, batch: int) -> N
 
 @pytest.fixture(scope="module")
 def reference_run(tiny_data, tmp_path_factory) -> Path:
-    """`ray start --head` on loopback + `ray job submit`: the users' path, uninterrupted."""
+    """`ray job submit` to a 3-node cluster on loopback (a head and two 1-CPU worker nodes), the
+    workers placed one per node: the users' path, multi-node, uninterrupted. The other runs
+    here are single-node (a local Ray), so their bitwise comparisons with this one also check
+    that the multi-node run trained exactly what one node would have."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    with loopback_head() as (address, env):
+    with loopback_head(worker_nodes=2) as (address, env):
         out = subprocess.run(
             [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--", PY,
-             "jobs/pretrain.py", *_args(tiny_data, run_dir)],
+             "jobs/pretrain.py", *_args(tiny_data, run_dir), "cluster.placement=STRICT_SPREAD"],
             capture_output=True, text=True, timeout=600, env=env,
         )  # fmt: skip
     assert out.returncode == 0 and "succeeded" in out.stdout, (
@@ -104,6 +107,9 @@ def test_job_submit_writes_weights_summary_and_mlflow(reference_run, tiny_data):
     steps = summary["steps"]
     assert steps == STEPS and summary["images_seen"] == STEPS * 16 and summary["workers"] == 2
     assert summary["zero_stage"] == 2 and summary["train_flops"] > 0
+    placement = summary["placement"]  # one worker per node: distinct node ranks, local rank 0
+    assert [(w["rank"], w["node_rank"], w["local_rank"]) for w in placement] in (
+        [(0, 0, 0), (1, 1, 0)], [(0, 1, 0), (1, 0, 0)])  # fmt: skip
     assert summary["heldout_loss"] > 0 and summary["heldout_loss_ema"] > 0
     assert [h["step"] for h in summary["heldout_history"]] == [6]  # and at the end
     weights = _weights(reference_run)
@@ -117,7 +123,7 @@ def test_job_submit_writes_weights_summary_and_mlflow(reference_run, tiny_data):
     client = MlflowClient(tracking_uri=f"sqlite:///{reference_run.parent / 'mlflow.db'}")
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["model.name"] == "nfnet_nano0"
-    assert run.data.params["derived.grad_accum"] == "2"
+    assert run.data.params["derived.grad_accum"] == "2" and run.data.params["derived.nodes"] == "2"
     for key in ("loss", "lr", "agc_clip_fraction", "grad_norm", "images_per_s", "heldout_loss",
                 "train_flops", "device_hours"):  # fmt: skip
         assert key in run.data.metrics, key
@@ -157,6 +163,8 @@ def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp
     first = json.loads((reference_run / "final" / "summary.json").read_text())
     again = json.loads((run_dir / "final" / "summary.json").read_text())
     assert again["heldout_loss"] == first["heldout_loss"]
+    assert [w["node_rank"] for w in again["placement"]] == [0, 0]  # one node, two local ranks
+    assert [w["local_rank"] for w in again["placement"]] == [0, 1]
     done = _pretrain(_args(tiny_data, run_dir))  # a finished run launched again: a no-op
     assert done.returncode == 0 and "finished before (12 steps, same config)" in done.stdout
     assert "Ray" not in done.stdout + done.stderr  # nothing was started

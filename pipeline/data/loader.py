@@ -42,6 +42,13 @@ def sample_rng(seed: int, epoch: int, sample_id: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, sample_id, 0xA06])
 
 
+def micro_batch_seed(seed: int, position: int) -> int:
+    """The torch seed for the forward pass of the micro-batch starting at stream ``position``:
+    dropout and stochastic-depth draws then belong to the micro-batch, not to the rank that
+    happens to run it, so a resume on another number of workers draws the same masks."""
+    return int(np.random.SeedSequence([seed, position, 0xD20]).generate_state(1)[0])
+
+
 def image_member(members: dict[str, bytes]) -> bytes:
     for ext, data in members.items():
         if ext not in ("cls", "json"):
@@ -115,6 +122,7 @@ class RankBatches(torch.utils.data.Dataset):
             "sample_ids": torch.tensor(ids, dtype=torch.long),
             "skipped": errors,
             "index": i,
+            "position": positions.start,
         }
 
 

@@ -47,6 +47,7 @@ class TrainState:
     skipped_samples: int = 0
     skipped_steps: int = 0  # updates not applied: a non-finite loss or gradient
     nonfinite_streak: int = 0  # of those, how many in a row up to now
+    workers: int = 0  # the world size that wrote it (0: not recorded)
     history: list[dict] = field(default_factory=list)  # held-out evaluations so far
 
     def to_json(self) -> dict:

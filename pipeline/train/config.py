@@ -96,6 +96,11 @@ class InitSection(Section):
 
 class ClusterSection(Section):
     workers: int = Field(2, ge=1)
+    # Elastic: after a node is lost Ray restarts on as few as this many workers (and grows back
+    # to `workers` when nodes return); None: always exactly `workers`.
+    min_workers: int | None = Field(None, ge=1)
+    # Ray's placement of the workers: STRICT_SPREAD puts each on its own node.
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     zero_stage: Literal[0, 1, 2, 3] = 2
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
@@ -114,7 +119,12 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> PretrainConfig:
-        solve_batch(self.train, self.cluster.workers)  # raises with the numbers
+        cl = self.cluster
+        if cl.min_workers is not None and cl.min_workers > cl.workers:
+            raise ValueError(f"cluster.min_workers={cl.min_workers} is above cluster.workers="
+                             f"{cl.workers}; expected at most as many")  # fmt: skip
+        for n in range(cl.min_workers or cl.workers, cl.workers + 1):
+            solve_batch(self.train, n)  # every world size Ray may pick; raises with the numbers
         if self.train.precision == "bf16" and not self.cluster.use_gpu:
             raise ValueError("train.precision=bf16 needs cluster.use_gpu=true; use fp32 on CPU")
         if self.train.sam_rho and self.cluster.zero_stage == 3:

@@ -2,8 +2,10 @@
 checkpoints under the new one, or report a finished run that trained something else; so the
 driver records the config at the first launch (`<run.dir>/run_config.yaml`) and refuses a
 different one in one line. Operational keys (logging, evaluation and checkpoint cadence, where
-MLflow lives, the Ray address, retries) may change between launches. The worker count and ZeRO
-stage may not: DeepSpeed's sharded checkpoints are reloaded as they were written."""
+MLflow lives, the Ray address, retries) may change between launches, and so may the number of
+workers and their placement: the sample order, the global batch and the dropout draws do not
+depend on them, and checkpoints are re-partitioned for the new count (`reshard`). The ZeRO
+stage may not change."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ OPERATIONAL = ("run.mlflow_uri", "run.mlflow_parent", "run.experiment", "train.l
                "train.eval_every", "train.checkpoint_every", "train.sample_log",
                "train.max_nonfinite_steps",
                "data.loader_workers", "data.storage_options", "data.expected_samples",
-               "cluster.address", "cluster.max_failures", "cluster.cpus_per_worker")  # fmt: skip
+               "cluster.address", "cluster.max_failures", "cluster.cpus_per_worker", "cluster.workers",
+               "cluster.min_workers", "cluster.placement")  # fmt: skip
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

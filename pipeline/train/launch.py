@@ -136,8 +136,10 @@ def launch(cfg: PretrainConfig) -> dict:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=cfg.model_dump(mode="json"),
-        scaling_config=ScalingConfig(num_workers=cl.workers, use_gpu=cl.use_gpu,
-                                     resources_per_worker={"CPU": cl.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=(cl.min_workers, cl.workers) if cl.min_workers else cl.workers,
+            use_gpu=cl.use_gpu, resources_per_worker={"CPU": cl.cpus_per_worker},
+            placement_strategy=cl.placement),
         torch_config=TorchConfig(backend=backend),
         run_config=RunConfig(
             name="checkpoints", storage_path=cfg.run.dir,

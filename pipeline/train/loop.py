@@ -29,14 +29,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pipeline.config import dump_config
-from pipeline.data.loader import BatchPlan
+from pipeline.data.loader import BatchPlan, micro_batch_seed
 from pipeline.data.order import Cursor
 from pipeline.data.transforms import normalize
 from pipeline.models import create_model
 from pipeline.optim.sam import ascent_count, perturbed
 from pipeline.optim.schedules import scaled_lr, warmup_cosine
 from pipeline.storage import atomic_write
-from pipeline.train import checkpoint, stopped
+from pipeline.train import checkpoint, stopped, topology
 from pipeline.train.compute import mfu, peak_tflops, sam_factor, train_flops_per_image
 from pipeline.train.config import (
     PretrainConfig,
@@ -70,6 +70,7 @@ class Run:
     params: int
     flops_per_image: float
     ds_config: dict
+    placement: list[dict]  # node rank and local rank of every world rank
 
 
 def train_worker(config: dict) -> None:
@@ -104,7 +105,8 @@ def train_worker(config: dict) -> None:
     run = Run(cfg, rank, world, device, torch.bfloat16 if precision == "bf16" else torch.float32,
               micro, accum, steps, classes, params,
               train_flops_per_image(cfg.model.name, classes, cfg.data.resolution)
-              * sam_factor(tc.sam_rho, tc.sam_ascent_fraction), ds_config)  # fmt: skip
+              * sam_factor(tc.sam_rho, tc.sam_ascent_fraction), ds_config,
+              topology.placement(ctx))  # fmt: skip
     engine = build_engine(model, ds_config, peak_lr, tc.momentum, tc.nesterov, tc.weight_decay,
                           tc.agc_clipping, tc.agc_eps)  # fmt: skip
     ema = Ema(engine.engine, tc.ema_decay) if tc.ema_decay else None
@@ -116,15 +118,20 @@ def train_worker(config: dict) -> None:
     if latest is not None:
         with latest.as_directory() as d:
             state = checkpoint.load(engine.engine, ema, d, rank, num_samples)
-        _say(rank, f"resuming from step {state.step} of {steps} ({state.cursor.position} samples)")
+        was = f", written by {state.workers} workers" if state.workers not in (0, world) else ""
+        _say(rank, f"resuming from step {state.step} of {steps} ({state.cursor.position} samples"
+                   f"{was}) on {topology.describe(run.placement)}")  # fmt: skip
+    state.workers = world
     tracker = _tracker(cfg, rank, state)
     state.mlflow_run_id = tracker.run_id
     tracker.log_params(cfg.model_dump(mode="json") | {"derived": dict(
         micro_batch=micro, grad_accum=accum, workers=world, steps=steps, warmup_steps=warm,
-        peak_lr=peak_lr, precision=precision, num_samples=num_samples, classes=classes)})  # fmt: skip
+        peak_lr=peak_lr, precision=precision, num_samples=num_samples, classes=classes,
+        nodes=topology.nodes(run.placement))})  # fmt: skip
+    tracker.log_metrics({"workers": world, "nodes": topology.nodes(run.placement)}, state.step)
     if state.step == 0:
         _say(rank, f"{cfg.model.name} ({run.params:,} params): {steps} steps of {tc.global_batch} = {world} workers x"
-                   f" {accum} x {micro}, ZeRO-{cfg.cluster.zero_stage}, {precision}")  # fmt: skip
+                   f" {accum} x {micro} ({topology.nodes(run.placement)} nodes), ZeRO-{cfg.cluster.zero_stage}, {precision}")  # fmt: skip
 
     # ---- train ------------------------------------------------------------------------------
     batches = data.micro_batches(plan, state.cursor.position, steps - state.step,
@@ -141,6 +148,7 @@ def train_worker(config: dict) -> None:
         for _ in range(accum):
             batch = next(batches)
             images = faults.poison(normalize(batch["images"].to(device), run.dtype), step)
+            torch.manual_seed(micro_batch_seed(cfg.run.seed, batch["position"]))  # dropout draws
             loss, stats = _micro_step(engine, images, batch["labels"].to(device), tc)
             faults.kill("step", step)
             clip = stats or clip
@@ -233,7 +241,8 @@ def _finish(run: Run, engine, ema, heldout, state, losses) -> dict:
         "init_from": source_path(cfg.init) if cfg.init.from_run else None,
         "heldout_history": state.history, "skipped_samples": state.skipped_samples,
         "skipped_steps": state.skipped_steps,
-        "workers": world, "zero_stage": cfg.cluster.zero_stage, "run_dir": cfg.run.dir,
+        "workers": world, "placement": run.placement, "zero_stage": cfg.cluster.zero_stage,
+        "run_dir": cfg.run.dir,
         "mlflow_run_id": state.mlflow_run_id, "deepspeed": run.ds_config,
     }  # fmt: skip
     if rank == 0:
