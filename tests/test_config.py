@@ -86,3 +86,24 @@ def test_bad_files(tmp_path):
     lst.write_text("- 1\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(Job, str(lst))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["cluster.workers=2", "cluster.min_workers=3"],
+         "cluster.min_workers=3 is above cluster.workers=2; expected at most as many"),
+        # an elastic restart may pick 3 workers: 16 images do not split over them
+        (["cluster.workers=4", "cluster.min_workers=2", "train.global_batch=16"],
+         "train.global_batch=16 does not split over cluster.workers=3"),
+        (["cluster.placement=ANYWHERE"], "bad config value cluster.placement='ANYWHERE'"),
+    ],
+)  # fmt: skip
+def test_elastic_worker_range_must_split_the_global_batch(overrides, message):
+    from pipeline.train.config import PretrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_config(PretrainConfig, None, overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert load_config(PretrainConfig, None, ["cluster.workers=4", "cluster.min_workers=2",
+                                              "train.global_batch=24"]).cluster.min_workers == 2  # fmt: skip

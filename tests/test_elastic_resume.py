@@ -10,6 +10,7 @@ by floating-point rounding only; the same bound the ZeRO-vs-single-process AGC t
 resume that lost the momentum misses it by far more (checked).
 """
 
+import fsspec
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.data.order import Cursor
 from pipeline.train import checkpoint, reshard
 from pipeline.train.engine import build_engine, deepspeed_config
-from pipeline.train.export import full_state_dict
+from pipeline.train.export import full_state_dict, write_weights
 from pipeline.train.spawn import spawn
 from tests.test_engine_agc import HYPER, _model
 
@@ -67,6 +68,8 @@ def _uninterrupted(rank: int, world: int, stage: int, tmp: str) -> None:
     weights, momentum = _full_state(engine)
     _train(engine, rank, world, range(SAVE_AT, STEPS))
     final = full_state_dict(engine.engine)
+    fs = fsspec.filesystem("file")  # the loop's streaming export, checked against the above
+    write_weights(engine.engine, fs, f"{tmp}/streamed.safetensors", {"step": "5"}, rank == 0)
     if rank == 0:
         save_file(weights, f"{tmp}/saved_weights.safetensors")
         save_file(momentum, f"{tmp}/saved_momentum.safetensors")
@@ -127,6 +130,9 @@ def test_zero_checkpoint_resumes_on_another_world_size(stage, before, after, tmp
     assert sum(float(m.abs().sum()) for m in saved_m.values()) > 0  # there was momentum to move
 
     uninterrupted, resumed, lost = read("uninterrupted"), read("resumed"), read("no_momentum")
+    streamed = read("streamed")
+    assert streamed.keys() == uninterrupted.keys()
+    assert all(torch.equal(streamed[k], uninterrupted[k]) for k in streamed)
     params = saved_m.keys()
     worst = max(_rel(resumed[n], uninterrupted[n]) for n in params)
     assert worst <= 1e-5, f"elastic resume differs by {worst:.2e} relative"

@@ -21,6 +21,11 @@ class ImageClassifier(nn.Module, abc.ABC):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk: [B, 3, H, W] images -> [B, num_features, h, w] feature map."""
 
+    grad_checkpointing: bool = False  # recompute each block in backward instead of keeping it
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x.mean(dim=(2, 3)))
         return x if pre_logits else self.fc(x)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pipeline.models.base import ImageClassifier
 from pipeline.models.layers import (
@@ -183,7 +184,14 @@ class NFNet(ImageClassifier):
         x = self.stem[0](x)
         for conv in self.stem[1:]:
             x = conv(self.act(x))
-        x = self.blocks(x)
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            # Each block's inputs are kept, its insides recomputed in backward (same RNG
+            # draws, same result). Under ZeRO-3 this also frees every block's gathered
+            # weights after its forward: autograd would otherwise keep them all until backward.
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
         return self.act(self.final_conv(x)) * self.final_gamma
 
 

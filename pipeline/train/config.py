@@ -76,6 +76,9 @@ class TrainSection(Section):
     max_nonfinite_steps: int = Field(10, ge=1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     deterministic: bool = True
+    # Recompute each block in backward instead of keeping its activations (and, under ZeRO-3,
+    # its gathered weights): ~1/3 more compute for far less memory; results are unchanged.
+    activation_checkpointing: bool = False
     sample_log: bool = False  # <run.dir>/samples/rank*.jsonl: sample ids of every step (audit)
     peak_tflops: float | None = Field(None, gt=0)  # per worker, for MFU; None: known GPUs only
     sam_rho: float = Field(0.0, ge=0)  # SAM radius (SPEC §5); 0: plain SGD steps
@@ -106,6 +109,8 @@ class ClusterSection(Section):
     cpus_per_worker: float = Field(1, gt=0)
     max_failures: int = Field(3, ge=0)
     address: str | None = None  # Ray address; None: the job's cluster, or a local instance
+    # Extra environment for the training workers (e.g. NCCL_* tuning, allocator settings).
+    worker_env: dict[str, str] = Field(default_factory=dict)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 
 

@@ -5,8 +5,10 @@ activations a forward keeps, then reports per-rank batch layout, memory per GPU 
 ZeRO stage, FLOPs per step and hours per epoch at an assumed MFU. Nothing is started.
 
 Memory model per GPU with P parameters and W workers (SGD + momentum, SPEC §4):
-  bf16: weights 2P, gradients 2P, fp32 master 4P, momentum 4P;  fp32: 4P, 4P, -, 4P
-  ZeRO-1 partitions master + momentum, ZeRO-2 also gradients, ZeRO-3 also weights (/ W).
+  bf16: weights 2P, gradients 2P, fp32 master 4P, momentum 4P;  fp32: 4P, 4P, 4P, 4P
+  (DeepSpeed keeps its own fp32 master partition under ZeRO 1-3 even in fp32; stage 0 fp32
+  steps the weights in place: no master). ZeRO-1 partitions master + momentum, ZeRO-2 also
+  gradients, ZeRO-3 also weights (/ W).
 Activations: the outputs of every leaf module during a forward at the micro-batch. A lower
 bound: functional ops between modules (activations, the residual multiply-add) save tensors too,
 so budget 2-3x this figure until it is measured on the GPU.
@@ -29,10 +31,10 @@ GIB = 2**30
 
 def state_bytes(params: int, workers: int, precision: str) -> dict[int, float]:
     """Bytes per GPU of weights + gradients + optimizer state, for ZeRO stages 0-3."""
-    w, g, opt = (2, 2, 8) if precision == "bf16" else (4, 4, 4)
+    w, g, opt = (2, 2, 8) if precision == "bf16" else (4, 4, 8)
     p, n = params, workers
     return {
-        0: p * (w + g + opt),
+        0: p * (w + g + (opt if precision == "bf16" else 4)),
         1: p * (w + g + opt / n),
         2: p * (w + (g + opt) / n),
         3: p * (w + g + opt) / n,

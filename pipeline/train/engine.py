@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,6 +19,7 @@ from pipeline.optim.agc_sharded import ClipStats, ShardedAGC
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
 from pipeline.train.fragments import engine_fragments
 
+STAGE3_BUCKET = 50_000_000  # elements: 200 MB in fp32
 BUCKET = 50_000_000  # without a model size; DeepSpeed's own 5e8 is a 2 GB fp32 buffer per rank
 
 
@@ -40,7 +42,15 @@ def deepspeed_config(
         zero.update(overlap_comm=use_gpu, contiguous_gradients=True,
                     reduce_bucket_size=bucket, allgather_bucket_size=bucket)  # fmt: skip
     if zero_stage == 3:
-        zero.update(stage3_gather_16bit_weights_on_model_save=False)
+        # ZeRO-3 exists to fit models a rank cannot hold whole, so its transient buffers are
+        # bounded too: with DeepSpeed's defaults (a 5e8-element reduce bucket, up to 1e9
+        # gathered parameters kept live and kept between forward and backward, optimizer
+        # sub-groups of 1e9) a rank holds the whole F7+ gathered during its step.
+        zero.update(stage3_gather_16bit_weights_on_model_save=False,
+                    reduce_bucket_size=min(bucket, STAGE3_BUCKET),
+                    stage3_prefetch_bucket_size=min(bucket, STAGE3_BUCKET),
+                    stage3_max_live_parameters=2 * STAGE3_BUCKET,
+                    stage3_max_reuse_distance=2 * STAGE3_BUCKET, sub_group_size=2 * STAGE3_BUCKET)  # fmt: skip
     return {
         "train_batch_size": micro_batch * grad_accum * workers,
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -145,6 +155,15 @@ def build_engine(
         reduce=stage in (1, 2, 3),  # stage 0: every rank already holds the whole average
     )
     return Engine(engine, agc, optimizer)
+
+
+def set_determinism(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        # Filling every torch.empty with NaN (the deterministic default) costs 6x per step
+        # here: DeepSpeed allocates its communication buckets fresh. Results do not depend on it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def _backend() -> str:

@@ -18,10 +18,10 @@ from pipeline.storage import atomic_write
 RUN_CONFIG = "run_config.yaml"
 OPERATIONAL = ("run.mlflow_uri", "run.mlflow_parent", "run.experiment", "train.log_every",
                "train.eval_every", "train.checkpoint_every", "train.sample_log",
-               "train.max_nonfinite_steps",
+               "train.max_nonfinite_steps", "train.activation_checkpointing",
                "data.loader_workers", "data.storage_options", "data.expected_samples",
                "cluster.address", "cluster.max_failures", "cluster.cpus_per_worker", "cluster.workers",
-               "cluster.min_workers", "cluster.placement")  # fmt: skip
+               "cluster.min_workers", "cluster.placement", "cluster.worker_env")  # fmt: skip
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -18,7 +18,7 @@ import yaml
 from pipeline.config import RunStopped, UserError
 from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.storage import STORAGE_ENV, is_local
-from pipeline.train import stopped
+from pipeline.train import memory, stopped
 from pipeline.train.config import PretrainConfig
 from pipeline.train.faults import ENV as FAULT_ENV
 from pipeline.train.identity import check_same_run, recipe_changes, record_run_config
@@ -74,6 +74,12 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
     if is_local(fs) and not os.access(root, os.W_OK):
         raise UserError(f"run.dir={cfg.run.dir!r} is not writable")
     check_same_run(cfg)
+    local = not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
+    if local and not cfg.cluster.use_gpu:  # every worker on this machine, states in its memory
+        try:
+            memory.check_run(cfg, classes, cfg.cluster.workers, cfg.cluster.workers, "this machine")
+        except MemoryError as e:
+            raise UserError(str(e)) from None
     return cfg
 
 
@@ -133,6 +139,7 @@ def launch(cfg: PretrainConfig) -> dict:
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, RAY_TRAIN_ENABLE_PRINT_PATCH="0")
     if not cl.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
+    env.update(cl.worker_env)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=cfg.model_dump(mode="json"),

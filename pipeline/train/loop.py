@@ -1,10 +1,12 @@
 """The pretraining loop of one Ray Train worker, top to bottom (SPEC §3-4).
 
     setup    config -> data (global order, this rank's slice) -> model -> DeepSpeed engine + AGC
-    resume   the latest complete checkpoint Ray hands back: engine, loader cursor, RNG, EMA
-             (a fine-tune first loads its pretrained weights, fresh head; a checkpoint wins)
+    resume   the latest complete checkpoint Ray hands back: engine, loader cursor, RNG, EMA,
+             re-partitioned if it was written by another number of workers (a fine-tune first
+             loads its pretrained weights, fresh head; a checkpoint wins)
     train    per step: LR from warmup+cosine, `accum` micro-batches (forward, backward; with
-             SAM the backward runs at this rank's own ascent point), AGC on the averaged
+             SAM the backward runs at this rank's own ascent point; dropout draws seeded by the
+             micro-batch's place in the stream, not by the rank), AGC on the averaged
              gradient at the boundary, SGD step, EMA; logs, held-out, checkpoints. A step
              whose loss or gradient is not finite is skipped (weights, momentum, EMA as they
              were) and counted; too many in a row stop the run with its checkpoints intact
@@ -36,7 +38,7 @@ from pipeline.models import create_model
 from pipeline.optim.sam import ascent_count, perturbed
 from pipeline.optim.schedules import scaled_lr, warmup_cosine
 from pipeline.storage import atomic_write
-from pipeline.train import checkpoint, stopped, topology
+from pipeline.train import checkpoint, memory, stopped, topology
 from pipeline.train.compute import mfu, peak_tflops, sam_factor, train_flops_per_image
 from pipeline.train.config import (
     PretrainConfig,
@@ -47,8 +49,8 @@ from pipeline.train.config import (
 )
 from pipeline.train.data import HeldOut, TrainData
 from pipeline.train.ema import Ema
-from pipeline.train.engine import build_engine, deepspeed_config
-from pipeline.train.export import full_state_dict, save_safetensors
+from pipeline.train.engine import build_engine, deepspeed_config, set_determinism
+from pipeline.train.export import save_safetensors, write_weights
 from pipeline.train.faults import Faults
 from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
 from pipeline.train.warmstart import load_weights, source_path
@@ -71,6 +73,7 @@ class Run:
     flops_per_image: float
     ds_config: dict
     placement: list[dict]  # node rank and local rank of every world rank
+    memory_need: float | None  # estimated peak bytes per worker (CPU runs)
 
 
 def train_worker(config: dict) -> None:
@@ -81,7 +84,7 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.cluster.use_gpu else torch.device("cpu")
-    _determinism(tc.deterministic)
+    set_determinism(tc.deterministic)
     data = TrainData.open(cfg.data, cfg.run.seed)
     heldout = HeldOut(cfg.data) if cfg.data.val else None
     num_samples = data.manifest.num_samples
@@ -93,8 +96,11 @@ def train_worker(config: dict) -> None:
     peak_lr = scaled_lr(tc.base_lr, tc.global_batch, tc.reference_batch)
     precision = resolved_precision(tc, cfg.cluster.use_gpu)
 
+    need = None if cfg.cluster.use_gpu else memory.check_run(  # refuse what would be OOM-killed
+        cfg, classes, world, ctx.get_local_world_size(), f"node {os.uname()[1]}")  # fmt: skip
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank and every attempt
     model = create_model(cfg.model.name, num_classes=classes, **_model_overrides(cfg)).to(device)
+    model.set_grad_checkpointing(tc.activation_checkpointing)
     params = sum(p.numel() for p in model.parameters())
     if cfg.init.from_run:
         source = source_path(cfg.init)
@@ -106,7 +112,7 @@ def train_worker(config: dict) -> None:
               micro, accum, steps, classes, params,
               train_flops_per_image(cfg.model.name, classes, cfg.data.resolution)
               * sam_factor(tc.sam_rho, tc.sam_ascent_fraction), ds_config,
-              topology.placement(ctx))  # fmt: skip
+              topology.placement(ctx), need)  # fmt: skip
     engine = build_engine(model, ds_config, peak_lr, tc.momentum, tc.nesterov, tc.weight_decay,
                           tc.agc_clipping, tc.agc_eps)  # fmt: skip
     ema = Ema(engine.engine, tc.ema_decay) if tc.ema_decay else None
@@ -131,7 +137,7 @@ def train_worker(config: dict) -> None:
     tracker.log_metrics({"workers": world, "nodes": topology.nodes(run.placement)}, state.step)
     if state.step == 0:
         _say(rank, f"{cfg.model.name} ({run.params:,} params): {steps} steps of {tc.global_batch} = {world} workers x"
-                   f" {accum} x {micro} ({topology.nodes(run.placement)} nodes), ZeRO-{cfg.cluster.zero_stage}, {precision}")  # fmt: skip
+                   f" {accum} x {micro}, ZeRO-{cfg.cluster.zero_stage}, {precision}; {topology.describe(run.placement)}")  # fmt: skip
 
     # ---- train ------------------------------------------------------------------------------
     batches = data.micro_batches(plan, state.cursor.position, steps - state.step,
@@ -168,7 +174,7 @@ def train_worker(config: dict) -> None:
         state.elapsed_s += time.perf_counter() - start
         state.skipped_samples += skipped
         if sample_log is not None:
-            sample_log.write(json.dumps({"step": step, "ids": ids}) + "\n")
+            sample_log.write(json.dumps({"step": step, "world": world, "ids": ids}) + "\n")
             sample_log.flush()
 
         if state.step % tc.log_every == 0 or state.step == steps:
@@ -218,8 +224,12 @@ def _finish(run: Run, engine, ema, heldout, state, losses) -> dict:
         return heldout.loss(model, rank, world, run.micro, run.device, dtype) if heldout else {}
 
     evaluation = evaluate(engine, run.dtype)
-    weights = full_state_dict(engine)  # a collective: every rank
-    buffers = {k: v for k, v in weights.items() if ema is None or k not in ema.tensors}
+    fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir.rstrip('/')}/final")
+    if rank == 0:
+        fs.makedirs(root, exist_ok=True)
+    meta = {"model": cfg.model.name, "classes": str(run.classes), "step": str(state.step)}
+    # A collective (every rank); rank 0 streams the weights to the file, one parameter at a time.
+    buffers = write_weights(engine, fs, f"{root}/model.safetensors", meta, write=rank == 0)
     ema_eval = {}
     if ema is not None:
         plain = create_model(cfg.model.name, num_classes=run.classes, **_model_overrides(cfg))
@@ -241,15 +251,13 @@ def _finish(run: Run, engine, ema, heldout, state, losses) -> dict:
         "init_from": source_path(cfg.init) if cfg.init.from_run else None,
         "heldout_history": state.history, "skipped_samples": state.skipped_samples,
         "skipped_steps": state.skipped_steps,
+        "peak_rss_gib": memory.gathered_peaks(), "step_seconds": state.elapsed_s / run.steps,
+        "memory_estimate_gib": run.memory_need / memory.GIB if run.memory_need else None,
         "workers": world, "placement": run.placement, "zero_stage": cfg.cluster.zero_stage,
         "run_dir": cfg.run.dir,
         "mlflow_run_id": state.mlflow_run_id, "deepspeed": run.ds_config,
     }  # fmt: skip
     if rank == 0:
-        fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir.rstrip('/')}/final")
-        fs.makedirs(root, exist_ok=True)
-        meta = {"model": cfg.model.name, "classes": str(run.classes), "step": str(state.step)}
-        save_safetensors(fs, f"{root}/model.safetensors", weights, meta)
         if ema is not None:
             save_safetensors(fs, f"{root}/model_ema.safetensors", ema.state_dict(buffers), meta)
         atomic_write(fs, f"{root}/config.yaml", dump_config(cfg).encode())
@@ -329,15 +337,6 @@ def _mean(x: torch.Tensor, world: int) -> float:
     if dist.is_initialized():
         dist.all_reduce(x)
     return x.item() / world
-
-
-def _determinism(on: bool) -> None:
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        # Filling every torch.empty with NaN (the deterministic default) costs 6x per step
-        # here: DeepSpeed allocates its communication buckets fresh. Results do not depend on it.
-        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def _say(rank: int, message: str) -> None:

@@ -1,0 +1,114 @@
+"""Will a run fit in memory? An estimate per worker, checked before anything is allocated.
+
+CPU training holds everything in host memory, so the driver checks a local run against this
+machine before Ray starts, and every worker checks its own node (its share of the available
+memory) before it builds the model: a run that would be OOM-killed mid-step is refused in one
+line instead. The estimate, per worker, for P parameters and W workers:
+  build    4P: every worker builds the whole fp32 model before DeepSpeed partitions it
+  train    weights, gradients and optimizer state for the ZeRO stage (dryrun.state_bytes), the
+           communication buffers the DeepSpeed config allows, activations at the micro-batch
+           (3x the leaf-module outputs: functional ops save tensors too; 1/8 of that with
+           activation checkpointing), under ZeRO-3 without checkpointing the whole model's
+           gathered weights (autograd keeps each convolution's weight for backward), and the
+           process
+  peak     the larger of the two
+Memory the process maps from files (a checkpoint shard while resuming) is page cache, which the
+system reclaims, so it is not counted; the peak RSS a worker reports includes it.
+Measured on NFNet-F7+ with ZeRO-3 on 2 CPU workers: BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import resource
+
+import psutil
+import torch
+
+from pipeline.models import create_model
+from pipeline.train.dryrun import activation_bytes, state_bytes
+
+GIB = 2**30
+PROCESS_BYTES = 1.5 * GIB  # Python, torch, DeepSpeed, the Ray worker, the data loader
+
+
+def _buffers(ds_config: dict, stage: int, params: int, workers: int) -> float:
+    """Bytes of the transient buffers the config allows (fp32 worst case): communication
+    buckets, gathered parameters, and the optimizer step's temporaries (SGD's weight-decay and
+    Nesterov terms, and under ZeRO-3 the flattened gradient, each the size of the flat piece
+    the step works on: ZeRO-3's sub-group, ZeRO 1/2's whole partition)."""
+    zero = ds_config.get("zero_optimization", {})
+    if stage == 3:
+        piece = min(zero["sub_group_size"], params / workers)
+        return 4 * (zero["reduce_bucket_size"] + zero["stage3_prefetch_bucket_size"]
+                    + zero["stage3_max_live_parameters"] + 3 * piece)  # fmt: skip
+    if stage in (1, 2):
+        piece = params / workers
+        return 4 * (zero["reduce_bucket_size"] + zero["allgather_bucket_size"] + 2 * piece)
+    return 0.0
+
+
+def worker_bytes(model: torch.nn.Module, resolution: int, ds_config: dict, precision: str,
+                 recompute: bool = False) -> float:  # fmt: skip
+    """Estimated peak bytes per worker for `model` (built on the meta device); `recompute`:
+    activation checkpointing is on."""
+    params = sum(p.numel() for p in model.parameters())
+    micro = ds_config["train_micro_batch_size_per_gpu"]
+    workers = ds_config["train_batch_size"] // (micro * ds_config["gradient_accumulation_steps"])
+    stage = ds_config["zero_optimization"]["stage"]
+    width = 2 if precision == "bf16" else 4
+    acts = 3 * activation_bytes(model, resolution, micro, width)
+    acts = acts / 8 if recompute else acts  # block inputs only: a rough share
+    if stage == 3 and not recompute:  # convolutions keep their gathered weights for backward
+        acts += width * params
+    buffers = _buffers(ds_config, stage, params, workers)
+    train = state_bytes(params, workers, precision)[stage] + buffers + acts
+    return max(4.0 * params, train) + PROCESS_BYTES
+
+
+def check_fits(need: float, workers_here: int, what: str, where: str) -> None:
+    """Raises MemoryError with one line when `workers_here` workers of `need` bytes each would
+    not fit in the memory available on this machine."""
+    available = psutil.virtual_memory().available
+    if need * workers_here > available:
+        raise MemoryError(
+            f"{what} needs about {need / GIB:.1f} GiB per worker, {need * workers_here / GIB:.1f}"
+            f" GiB for the {workers_here} worker(s) on {where}, which has {available / GIB:.1f}"
+            " GiB available; expected a run that fits: more workers or a higher"
+            " cluster.zero_stage (ZeRO-3 splits every state), a smaller train.micro_batch or"
+            " data.resolution, or machines with more memory"
+        )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def check_run(cfg, classes: int, workers: int, workers_here: int, where: str) -> float:
+    """check_fits for a CPU run of `cfg` on `workers` workers; returns the per-worker need."""
+    from pipeline.train.config import resolved_precision, solve_batch
+    from pipeline.train.engine import deepspeed_config
+
+    micro, accum = solve_batch(cfg.train, workers)
+    precision = resolved_precision(cfg.train, cfg.cluster.use_gpu)
+    with torch.device("meta"):
+        model = create_model(cfg.model.name, num_classes=classes)
+    params = sum(p.numel() for p in model.parameters())
+    ds = deepspeed_config(micro, accum, workers, cfg.cluster.zero_stage, precision, False, params)
+    need = worker_bytes(model, cfg.data.resolution, ds, precision,
+                        cfg.train.activation_checkpointing)  # fmt: skip
+    what = f"{cfg.model.name} (ZeRO-{cfg.cluster.zero_stage}, {precision}, {workers} workers)"
+    check_fits(need, workers_here, what, where)
+    return need
+
+
+def gathered_peaks() -> list[float]:
+    """Every rank's peak resident memory in GiB, in rank order (a collective)."""
+    import torch.distributed as dist
+
+    mine = peak_rss_bytes() / GIB
+    if not dist.is_initialized():
+        return [mine]
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every
