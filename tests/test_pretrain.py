@@ -252,8 +252,9 @@ def test_a_lost_node_is_replaced_or_the_run_shrinks_onto_the_nodes_left(
     - elastic: no spare, `cluster.min_workers=1`; Ray restarts on the node left with 1 worker,
       the 2-worker checkpoint is re-partitioned for it, the global batch of 16 is kept (4
       micro-batches of 4 instead of 2 per worker) and the same micro-batches are formed, so the
-      weights equal the uninterrupted run's up to the order of the gradient sums (1e-4 relative
-      over the 12 steps; a run that lost the momentum or a step is far off).
+      weights equal the uninterrupted run's up to the order of the gradient sums (1e-5
+      relative over the 12 steps, the engine-level bound; measured 4.1e-7. A resume that lost
+      the momentum is off by more than 1e-3: tests/test_elastic_resume.py).
     Either way every sample is seen exactly once and the MLflow run continues."""
     run_dir = tmp_path / "run"
     fast = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
@@ -282,7 +283,7 @@ def test_a_lost_node_is_replaced_or_the_run_shrinks_onto_the_nodes_left(
     else:
         assert "written by 2 workers) on 1 worker on 1 node" in out, out[-4000:]
         assert summary["workers"] == 1 and len(summary["placement"]) == 1
-        _assert_close(_weights(run_dir), _weights(reference_run), 1e-4)
+        _assert_close(_weights(run_dir), _weights(reference_run), 1e-5)
     print(f"lost node {lost}")
 
     from mlflow.tracking import MlflowClient
@@ -303,7 +304,7 @@ def test_nodes_behind_a_network_boundary_train_and_survive_a_cut_link(
     veth pair and a bridge, so gloo's collectives and Ray's traffic cross real (virtual)
     interfaces. After the first checkpoint one node's link is cut: a partition, its processes
     still running. Ray declares the node dead and restarts on the other one with 1 worker; the
-    run finishes as after a lost node (exactly once, weights within 1e-4 of the reference)."""
+    run finishes as after a lost node (exactly once, weights within 1e-5 of the reference)."""
     reason = netns.available()
     if reason:
         pytest.skip(reason)
@@ -328,7 +329,7 @@ def test_nodes_behind_a_network_boundary_train_and_survive_a_cut_link(
     summary = json.loads((run_dir / "final" / "summary.json").read_text())
     assert summary["placement"][0]["node_rank"] == 0 and summary["workers"] == 1
     _assert_exactly_once(run_dir, tiny_data, STEPS, 16)
-    _assert_close(_weights(run_dir), _weights(reference_run), 1e-4)
+    _assert_close(_weights(run_dir), _weights(reference_run), 1e-5)
 
 
 @contextmanager
