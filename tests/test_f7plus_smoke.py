@@ -18,7 +18,7 @@ from pipeline.config import UserError, load_config
 from pipeline.train.config import PretrainConfig
 from pipeline.train.faults import KILL
 from pipeline.train.launch import preflight
-from tests.ray_head import ray_stop
+from tests.ray_head import RAY, loopback_head, ray_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/pretrain/nfnet_f7plus_smoke.yaml"
@@ -45,7 +45,33 @@ def test_a_layout_that_would_not_fit_is_refused_in_one_line_before_ray_starts(ti
     )
     assert "GiB for the 2 worker(s) on this machine, which has" in line
     assert "expected a run that fits" in line
-    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing started
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.chaos  # ~1 min: `make chaos`
+def test_on_a_cluster_each_node_checks_its_memory_and_the_run_stops_in_one_line(
+    tiny_data, tmp_path
+):
+    """With a cluster address the driver cannot see the nodes' memory: every worker checks its
+    own node before it builds the model, the ranks agree, and the run stops once (no retries)
+    with the node's line; nothing was trained or checkpointed."""
+    run_dir = tmp_path / "run"
+    with loopback_head() as (address, env):
+        out = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir",
+                              str(ROOT), "--", sys.executable, "jobs/pretrain.py", "--config",
+                              CONFIG, *_args(tiny_data, run_dir), "cluster.zero_stage=0",
+                              "data.resolution=224", "train.global_batch=512",
+                              "train.micro_batch=256"],
+                             capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and "failed" in log, log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, log[-3000:]  # one line, from one attempt: no retries
+    assert errors[0].startswith("error: nfnet_f7plus (ZeRO-0, fp32, 2 workers) needs about")
+    assert "GiB for the 2 worker(s) on node " in errors[0]
+    assert not (run_dir / "final").exists() and not list(run_dir.glob("checkpoints/checkpoint_*"))
 
 
 @pytest.mark.e2e

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import fsspec
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -99,3 +100,11 @@ class HeldOut:
         n = max(totals[2].item(), 1.0)
         return {"loss": totals[0].item() / n, "top1": totals[1].item() / n,
                 "top5": totals[3].item() / n, "count": int(n)}  # fmt: skip
+
+
+def open_sample_log(run_dir: str, rank: int):
+    """`<run.dir>/samples/rank<r>.jsonl`, appended to: every step's sample ids on this rank
+    (train.sample_log), the exactly-once audit trail."""
+    fs, root = fsspec.core.url_to_fs(f"{run_dir.rstrip('/')}/samples")
+    fs.makedirs(root, exist_ok=True)
+    return fs.open(f"{root}/rank{rank}.jsonl", "a")

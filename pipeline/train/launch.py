@@ -57,6 +57,12 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
         )
     if val is not None and val.classes != train.classes:
         raise UserError(f"data.val {data.val} has a different class map than data.train")
+    local = not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
+    if local and not cfg.cluster.use_gpu:  # every worker on this machine, states in its memory
+        try:
+            memory.check_run(cfg, classes, cfg.cluster.workers, cfg.cluster.workers, "this machine")
+        except MemoryError as e:
+            raise UserError(str(e)) from None
     if cfg.init.from_run:
         init = cfg.init.model_copy(update={"from_run": absolute(cfg.init.from_run)})
         check_source(init, cfg.model.name, classes)
@@ -74,12 +80,6 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
     if is_local(fs) and not os.access(root, os.W_OK):
         raise UserError(f"run.dir={cfg.run.dir!r} is not writable")
     check_same_run(cfg)
-    local = not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
-    if local and not cfg.cluster.use_gpu:  # every worker on this machine, states in its memory
-        try:
-            memory.check_run(cfg, classes, cfg.cluster.workers, cfg.cluster.workers, "this machine")
-        except MemoryError as e:
-            raise UserError(str(e)) from None
     return cfg
 
 

@@ -47,7 +47,7 @@ from pipeline.train.config import (
     total_steps,
     warmup_steps,
 )
-from pipeline.train.data import HeldOut, TrainData
+from pipeline.train.data import HeldOut, TrainData, open_sample_log
 from pipeline.train.ema import Ema
 from pipeline.train.engine import build_engine, deepspeed_config, set_determinism
 from pipeline.train.export import save_safetensors, write_weights
@@ -96,8 +96,13 @@ def train_worker(config: dict) -> None:
     peak_lr = scaled_lr(tc.base_lr, tc.global_batch, tc.reference_batch)
     precision = resolved_precision(tc, cfg.cluster.use_gpu)
 
-    need = None if cfg.cluster.use_gpu else memory.check_run(  # refuse what would be OOM-killed
-        cfg, classes, world, ctx.get_local_world_size(), f"node {os.uname()[1]}")  # fmt: skip
+    try:  # refuse in one line what would be OOM-killed mid-step; Ray must not retry it
+        need = None if cfg.cluster.use_gpu else memory.check_worker(
+            cfg, classes, world, ctx.get_local_world_size())  # fmt: skip
+    except MemoryError as e:
+        if rank == 0:
+            stopped.record(cfg.run.dir, str(e), 0)
+        return
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank and every attempt
     model = create_model(cfg.model.name, num_classes=classes, **_model_overrides(cfg)).to(device)
     model.set_grad_checkpointing(tc.activation_checkpointing)
@@ -142,7 +147,7 @@ def train_worker(config: dict) -> None:
     # ---- train ------------------------------------------------------------------------------
     batches = data.micro_batches(plan, state.cursor.position, steps - state.step,
                                  cfg.data.loader_workers)  # fmt: skip
-    sample_log = _sample_log(cfg, rank)
+    sample_log = open_sample_log(cfg.run.dir, rank) if tc.sample_log else None
     faults = Faults.from_env(rank, world, cfg.run.dir)  # none unless a chaos test sets them
     saved = state.step if latest is not None else None  # the latest checkpoint's step
     losses: list[torch.Tensor] = []  # stays empty when a finished run is launched again
@@ -321,15 +326,6 @@ def _tracker(cfg: PretrainConfig, rank: int, state) -> Tracker:
     name = os.path.basename(cfg.run.dir.rstrip("/"))
     parent = cfg.run.mlflow_parent or os.environ.get("NFSCALE_MLFLOW_PARENT_RUN")  # nested
     return MlflowTracker(uri, cfg.run.experiment, name, cfg.run.dir, state.mlflow_run_id, parent)
-
-
-def _sample_log(cfg: PretrainConfig, rank: int):
-    """With train.sample_log, every step's sample ids per rank: the exactly-once audit trail."""
-    if not cfg.train.sample_log:
-        return None
-    fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir.rstrip('/')}/samples")
-    fs.makedirs(root, exist_ok=True)
-    return fs.open(f"{root}/rank{rank}.jsonl", "a")
 
 
 def _mean(x: torch.Tensor, world: int) -> float:

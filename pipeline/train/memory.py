@@ -19,6 +19,7 @@ Measured on NFNet-F7+ with ZeRO-3 on 2 CPU workers: BENCHMARKS.md.
 
 from __future__ import annotations
 
+import os
 import resource
 
 import psutil
@@ -112,3 +113,22 @@ def gathered_peaks() -> list[float]:
     every: list = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     return every
+
+
+def check_worker(cfg, classes: int, world: int, local_world: int) -> float:
+    """check_run on this worker's node, agreed by every rank (one all-gather): if any node is
+    short, every rank raises MemoryError with that node's line (the caller stops the run, which
+    Ray must not retry). Returns the per-worker estimate."""
+    import torch.distributed as dist
+
+    try:
+        need, problem = check_run(cfg, classes, world, local_world, f"node {os.uname()[1]}"), ""
+    except MemoryError as e:
+        need, problem = 0.0, str(e)
+    if dist.is_initialized():
+        every: list = [None] * dist.get_world_size()
+        dist.all_gather_object(every, problem)
+        problem = next((p for p in every if p), "")
+    if problem:
+        raise MemoryError(problem)
+    return need
