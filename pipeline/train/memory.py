@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 
 import psutil
 import torch
@@ -30,6 +31,7 @@ from pipeline.train.dryrun import activation_bytes, state_bytes
 
 GIB = 2**30
 PROCESS_BYTES = 1.5 * GIB  # Python, torch, DeepSpeed, the Ray worker, the data loader
+WAIT_S = 60  # a worker's check waits this long for memory a previous attempt still holds
 
 
 def _buffers(ds_config: dict, stage: int, params: int, workers: int) -> float:
@@ -66,10 +68,15 @@ def worker_bytes(model: torch.nn.Module, resolution: int, ds_config: dict, preci
     return max(4.0 * params, train) + PROCESS_BYTES
 
 
-def check_fits(need: float, workers_here: int, what: str, where: str) -> None:
+def check_fits(need: float, workers_here: int, what: str, where: str, wait_s: float = 0) -> None:
     """Raises MemoryError with one line when `workers_here` workers of `need` bytes each would
-    not fit in the memory available on this machine."""
+    not fit in the memory available on this machine, still after `wait_s` seconds (a restart
+    may start while the previous attempt's processes are still releasing theirs)."""
+    deadline = time.monotonic() + wait_s
     available = psutil.virtual_memory().available
+    while need * workers_here > available and time.monotonic() < deadline:
+        time.sleep(1)
+        available = psutil.virtual_memory().available
     if need * workers_here > available:
         raise MemoryError(
             f"{what} needs about {need / GIB:.1f} GiB per worker, {need * workers_here / GIB:.1f}"
@@ -85,7 +92,8 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def check_run(cfg, classes: int, workers: int, workers_here: int, where: str) -> float:
+def check_run(cfg, classes: int, workers: int, workers_here: int, where: str,
+              wait_s: float = 0) -> float:  # fmt: skip
     """check_fits for a CPU run of `cfg` on `workers` workers; returns the per-worker need."""
     from pipeline.train.config import resolved_precision, solve_batch
     from pipeline.train.engine import deepspeed_config
@@ -99,7 +107,7 @@ def check_run(cfg, classes: int, workers: int, workers_here: int, where: str) ->
     need = worker_bytes(model, cfg.data.resolution, ds, precision,
                         cfg.train.activation_checkpointing)  # fmt: skip
     what = f"{cfg.model.name} (ZeRO-{cfg.cluster.zero_stage}, {precision}, {workers} workers)"
-    check_fits(need, workers_here, what, where)
+    check_fits(need, workers_here, what, where, wait_s)
     return need
 
 
@@ -122,7 +130,8 @@ def check_worker(cfg, classes: int, world: int, local_world: int) -> float:
     import torch.distributed as dist
 
     try:
-        need, problem = check_run(cfg, classes, world, local_world, f"node {os.uname()[1]}"), ""
+        where = f"node {os.uname()[1]}"
+        need, problem = check_run(cfg, classes, world, local_world, where, WAIT_S), ""
     except MemoryError as e:
         need, problem = 0.0, str(e)
     if dist.is_initialized():
