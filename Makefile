@@ -36,7 +36,9 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 # The long variants of the reliability suite: injected worker kills mid-step and mid-checkpoint
-# write, and a whole chain of stage jobs on gs:// behind a fault-injecting proxy.
+# write, a whole chain of stage jobs on gs:// behind a fault-injecting proxy, lost Ray nodes and
+# a cut network link (nodes in network namespaces: root), and NFNet-F7+ through the full stack
+# (~10 min, ~20 GiB of memory). About 30 minutes in all on 2 cores.
 chaos: setup
 	$(PY) -m pytest -q -m chaos
 
