@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from pipeline.train.spawn import free_port
-from tests.ray_head import RAY, ray_stop
+from tests.ray_head import ray_stop, start_head, start_node, token_env
 
 SUBNET = "10.231.0"
 BRIDGE = "nfsbr0"
@@ -56,8 +55,7 @@ def _namespace_pids(name: str) -> list[int]:
 
 @contextmanager
 def namespaced_cluster(nodes: int, cpus_per_node: int = 1, **env_vars: str) -> Iterator[Cluster]:
-    env = {**os.environ, "PATH": f"{os.path.dirname(RAY)}:{os.environ['PATH']}",
-           "RAY_AUTH_MODE": "token", **env_vars}  # fmt: skip
+    env = token_env(**env_vars)
     names = [f"nfsn{i}" for i in range(nodes)]
     ray_stop()
     try:
@@ -71,18 +69,11 @@ def namespaced_cluster(nodes: int, cpus_per_node: int = 1, **env_vars: str) -> I
             _ip("-n", ns, "addr", "add", f"{SUBNET}.{i + 2}/24", "dev", INSIDE)
             _ip("-n", ns, "link", "set", INSIDE, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
-        port, dash = free_port(), free_port()
-        subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True,
-                       timeout=120, env=env)  # fmt: skip
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=0",
-                        f"--node-ip-address={SUBNET}.1", "--dashboard-host=127.0.0.1",
-                        f"--dashboard-port={dash}", "--include-dashboard=true"],
-                       check=True, capture_output=True, timeout=180, env=env)  # fmt: skip
+        port, address = start_head(env, f"{SUBNET}.1", 0)
         for i, ns in enumerate(names):
-            subprocess.run(["ip", "netns", "exec", ns, RAY, "start", f"--address={SUBNET}.1:{port}",
-                            f"--num-cpus={cpus_per_node}", f"--node-ip-address={SUBNET}.{i + 2}"],
-                           check=True, capture_output=True, timeout=180, env=env)  # fmt: skip
-        yield Cluster(f"http://127.0.0.1:{dash}", env, [f"{SUBNET}.{i + 2}" for i in range(nodes)])
+            start_node(env, f"{SUBNET}.1:{port}", f"{SUBNET}.{i + 2}", cpus_per_node,
+                       ("ip", "netns", "exec", ns))  # fmt: skip
+        yield Cluster(address, env, [f"{SUBNET}.{i + 2}" for i in range(nodes)])
     finally:
         for ns in names:  # everything started inside, then the namespace and its links
             for pid in _namespace_pids(ns):

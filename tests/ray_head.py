@@ -24,6 +24,33 @@ def ray_stop() -> None:
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
+def token_env(**env_vars: str) -> dict:
+    """The environment for the `ray` CLI: Ray 2.60 clusters require a token, which the CLI
+    reads from ~/.ray/auth_token in token mode."""
+    return {**os.environ, "PATH": f"{Path(RAY).parent}:{os.environ['PATH']}",
+            "RAY_AUTH_MODE": "token", **env_vars}  # fmt: skip
+
+
+def start_head(env: dict, node_ip: str, cpus: int) -> tuple[int, str]:
+    """`ray start --head` (a fresh token, the dashboard on 127.0.0.1); returns (the GCS port,
+    the job API's address)."""
+    port, dash = free_port(), free_port()
+    subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True,
+                   timeout=120, env=env)  # fmt: skip
+    subprocess.run([RAY, "start", "--head", f"--port={port}", f"--num-cpus={cpus}",
+                    f"--node-ip-address={node_ip}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--include-dashboard=true"],
+                   check=True, capture_output=True, timeout=180, env=env)  # fmt: skip
+    return port, f"http://127.0.0.1:{dash}"
+
+
+def start_node(env: dict, head: str, node_ip: str, cpus: int, prefix: tuple = ()) -> None:
+    """`ray start --address` of a worker node (`prefix`: e.g. `ip netns exec NS`)."""
+    subprocess.run([*prefix, RAY, "start", f"--address={head}", f"--num-cpus={cpus}",
+                    f"--node-ip-address={node_ip}"],
+                   check=True, capture_output=True, timeout=180, env=env)  # fmt: skip
+
+
 @contextmanager
 def loopback_head(
     worker_nodes: int = 0, cpus_per_node: int = 1, **env_vars: str
@@ -32,23 +59,12 @@ def loopback_head(
 
     With worker_nodes, the head offers no CPUs (jobs' drivers and Train's controller need
     none), so every training worker lands on a worker node."""
-    # Ray 2.60 clusters require a token; the CLI reads ~/.ray/auth_token in token mode.
-    env = {**os.environ, "PATH": f"{Path(RAY).parent}:{os.environ['PATH']}",
-           "RAY_AUTH_MODE": "token", **env_vars}  # fmt: skip
-    port, dash = free_port(), free_port()
+    env = token_env(**env_vars)
     ray_stop()
-    subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True,
-                   timeout=120, env=env)  # fmt: skip
-    subprocess.run([RAY, "start", "--head", f"--port={port}",
-                    f"--num-cpus={0 if worker_nodes else 2}",
-                    "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--include-dashboard=true"],
-                   check=True, capture_output=True, timeout=180, env=env)  # fmt: skip
+    port, address = start_head(env, "127.0.0.1", 0 if worker_nodes else 2)
     for n in range(worker_nodes):
-        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={cpus_per_node}",
-                        f"--node-ip-address=127.0.0.{n + 2}"],
-                       check=True, capture_output=True, timeout=180, env=env)  # fmt: skip
+        start_node(env, f"127.0.0.1:{port}", f"127.0.0.{n + 2}", cpus_per_node)
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        yield address, env
     finally:
         ray_stop()

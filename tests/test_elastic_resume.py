@@ -82,9 +82,9 @@ def _resumed(rank: int, world: int, stage: int, tmp: str, keep_momentum: bool) -
     assert state.step == SAVE_AT and state.cursor.position == SAVE_AT * GLOBAL
     weights, momentum = _full_state(engine)
     if not keep_momentum:  # the resume this test must be able to tell apart
-        for p in engine.module.parameters():
-            from deepspeed.utils import safe_set_full_optimizer_state
+        from deepspeed.utils import safe_set_full_optimizer_state
 
+        for p in engine.module.parameters():
             shape = p.ds_shape if hasattr(p, "ds_shape") else p.shape
             safe_set_full_optimizer_state(p, torch.zeros(shape), reshard.MOMENTUM)
     _train(engine, rank, world, range(SAVE_AT, STEPS))

@@ -108,11 +108,8 @@ def reference_run(tiny_data, tmp_path_factory) -> Path:
     that the multi-node run trained exactly what one node would have."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
     with loopback_head(worker_nodes=2) as (address, env):
-        out = subprocess.run(
-            [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--", PY,
-             "jobs/pretrain.py", *_args(tiny_data, run_dir), "cluster.placement=STRICT_SPREAD"],
-            capture_output=True, text=True, timeout=600, env=env,
-        )  # fmt: skip
+        out = subprocess.run(_submit(address, tiny_data, run_dir), capture_output=True,
+                             text=True, timeout=600, env=env)  # fmt: skip
     assert out.returncode == 0 and "succeeded" in out.stdout, (
         out.stdout[-3000:] + out.stderr[-2000:]
     )
@@ -148,6 +145,28 @@ def test_job_submit_writes_weights_summary_and_mlflow(reference_run, tiny_data):
     assert any(k.startswith("system/") for k in run.data.metrics)  # system metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"summary.json", "config.yaml"} <= artifacts
+
+
+def _submit(address: str, data: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`ray job submit` of the tiny run, one worker per node."""
+    return [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--", PY,
+            "jobs/pretrain.py", *_args(data, run_dir), "cluster.placement=STRICT_SPREAD",
+            *extra]  # fmt: skip
+
+
+def _submit_then_fault(argv: list[str], env: dict, run_dir: Path, fault) -> str:
+    """Runs the job, calls `fault()` once its first checkpoint is registered, and returns the
+    job's output; the job must succeed."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)  # fmt: skip
+    try:
+        _wait_for_checkpoint(run_dir, proc)
+        fault()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
+    return out
 
 
 def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -260,19 +279,9 @@ def test_a_lost_node_is_replaced_or_the_run_shrinks_onto_the_nodes_left(
     fast = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
     elastic = [] if spare_node else ["cluster.min_workers=1"]
     with loopback_head(worker_nodes=3 if spare_node else 2, **fast) as (address, env):
-        proc = subprocess.Popen(
-            [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--", PY,
-             "jobs/pretrain.py", *_args(tiny_data, run_dir), "cluster.placement=STRICT_SPREAD",
-             *elastic],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
-        try:
-            _wait_for_checkpoint(run_dir, proc)
-            lost = _kill_a_training_node()
-            out, _ = proc.communicate(timeout=600)
-        finally:
-            proc.kill()
-    assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
+        lost = []
+        out = _submit_then_fault(_submit(address, tiny_data, run_dir, *elastic), env, run_dir,
+                                 lambda: lost.append(_kill_a_training_node()))  # fmt: skip
     assert "resuming from step" in out, out[-4000:]
     summary = json.loads((run_dir / "final" / "summary.json").read_text())
     _assert_exactly_once(run_dir, tiny_data, STEPS, 16)
@@ -284,7 +293,7 @@ def test_a_lost_node_is_replaced_or_the_run_shrinks_onto_the_nodes_left(
         assert "written by 2 workers) on 1 worker on 1 node" in out, out[-4000:]
         assert summary["workers"] == 1 and len(summary["placement"]) == 1
         _assert_close(_weights(run_dir), _weights(reference_run), 1e-5)
-    print(f"lost node {lost}")
+    print(f"lost node {lost[0]}")
 
     from mlflow.tracking import MlflowClient
 
@@ -311,19 +320,9 @@ def test_nodes_behind_a_network_boundary_train_and_survive_a_cut_link(
     run_dir = tmp_path / "run"
     fast = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
     with netns.namespaced_cluster(2, **fast) as cluster:
-        proc = subprocess.Popen(
-            [RAY, "job", "submit", "--address", cluster.address, "--working-dir", str(ROOT), "--",
-             PY, "jobs/pretrain.py", *_args(tiny_data, run_dir), "cluster.placement=STRICT_SPREAD",
-             "cluster.min_workers=1", f"cluster.worker_env={{GLOO_SOCKET_IFNAME: {netns.INSIDE}}}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster.env,
-        )  # fmt: skip
-        try:
-            _wait_for_checkpoint(run_dir, proc)
-            cluster.cut(1)
-            out, _ = proc.communicate(timeout=600)
-        finally:
-            proc.kill()
-    assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
+        argv = _submit(cluster.address, tiny_data, run_dir, "cluster.min_workers=1",
+                       f"cluster.worker_env={{GLOO_SOCKET_IFNAME: {netns.INSIDE}}}")  # fmt: skip
+        out = _submit_then_fault(argv, cluster.env, run_dir, lambda: cluster.cut(1))
     assert "2 workers on 2 nodes" in out  # the first attempt: one worker per namespace
     assert "written by 2 workers) on 1 worker on 1 node" in out, out[-4000:]
     summary = json.loads((run_dir / "final" / "summary.json").read_text())

@@ -28,16 +28,19 @@ _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", t
            torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}  # fmt: skip
 
 
-def full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The whole model's fp32 parameters and buffers, on the CPU, on every rank."""
+def _full_params(engine):
+    """(name, whole fp32 parameter) one at a time, gathered under ZeRO (every rank, in order)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    module = engine.module
     stage = engine.zero_optimization_stage()
-    out: dict[str, torch.Tensor] = {}
-    for name, p in module.named_parameters():
-        full = safe_get_full_fp32_param(p) if stage else p.detach()
-        out[name] = full.float().cpu().clone()
+    for name, p in engine.module.named_parameters():
+        yield name, (safe_get_full_fp32_param(p) if stage else p.detach()).float()
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The whole model's fp32 parameters and buffers, on the CPU, on every rank."""
+    module = engine.module
+    out = {name: full.cpu().clone() for name, full in _full_params(engine)}
     for name, b in module.named_buffers():
         out[name] = b.detach().cpu().clone()
     return out
@@ -53,8 +56,6 @@ def write_weights(engine, fs, path: str, metadata: dict, write: bool) -> dict[st
     """Every rank calls this (one gather per parameter); the rank with `write` streams the fp32
     parameters and the buffers to a safetensors file at `path` (fsspec; readers see the old
     file or the whole new one). Returns the buffers."""
-    from deepspeed.utils import safe_get_full_fp32_param
-
     module = engine.module
     stage = engine.zero_optimization_stage()
     params = list(module.named_parameters())
@@ -76,10 +77,9 @@ def write_weights(engine, fs, path: str, metadata: dict, write: bool) -> dict[st
         out = open(tmp, "wb")  # noqa: SIM115 (closed below, after the collectives)
         out.write(struct.pack("<Q", len(head)) + head)
     try:
-        for _, p in params:
-            full = safe_get_full_fp32_param(p) if stage else p.detach()
+        for _, full in _full_params(engine):
             if out is not None:
-                out.write(full.float().contiguous().cpu().numpy().data)
+                out.write(full.contiguous().cpu().numpy().data)
         if out is not None:
             for b in buffers.values():
                 out.write(b.contiguous().reshape(-1).view(torch.uint8).numpy().data)

@@ -28,6 +28,7 @@ import torch
 
 from pipeline.models import create_model
 from pipeline.train.dryrun import activation_bytes, state_bytes
+from pipeline.train.topology import gather
 
 GIB = 2**30
 PROCESS_BYTES = 1.5 * GIB  # Python, torch, DeepSpeed, the Ray worker, the data loader
@@ -113,31 +114,19 @@ def check_run(cfg, classes: int, workers: int, workers_here: int, where: str,
 
 def gathered_peaks() -> list[float]:
     """Every rank's peak resident memory in GiB, in rank order (a collective)."""
-    import torch.distributed as dist
-
-    mine = peak_rss_bytes() / GIB
-    if not dist.is_initialized():
-        return [mine]
-    every: list = [None] * dist.get_world_size()
-    dist.all_gather_object(every, mine)
-    return every
+    return gather(peak_rss_bytes() / GIB)
 
 
 def check_worker(cfg, classes: int, world: int, local_world: int) -> float:
     """check_run on this worker's node, agreed by every rank (one all-gather): if any node is
     short, every rank raises MemoryError with that node's line (the caller stops the run, which
     Ray must not retry). Returns the per-worker estimate."""
-    import torch.distributed as dist
-
     try:
         where = f"node {os.uname()[1]}"
         need, problem = check_run(cfg, classes, world, local_world, where, WAIT_S), ""
     except MemoryError as e:
         need, problem = 0.0, str(e)
-    if dist.is_initialized():
-        every: list = [None] * dist.get_world_size()
-        dist.all_gather_object(every, problem)
-        problem = next((p for p in every if p), "")
+    problem = next((p for p in gather(problem) if p), "")
     if problem:
         raise MemoryError(problem)
     return need

@@ -15,10 +15,15 @@ def placement(ctx) -> list[dict]:
     """One entry per world rank, in rank order (a collective: every rank calls it)."""
     mine = {"rank": ctx.get_world_rank(), "node_rank": ctx.get_node_rank(),
             "local_rank": ctx.get_local_rank(), "host": socket.gethostname()}  # fmt: skip
-    every = [mine]
-    if dist.is_initialized():
-        every = [None] * dist.get_world_size()
-        dist.all_gather_object(every, mine)
+    return gather(mine)
+
+
+def gather(value) -> list:
+    """Every rank's `value`, in rank order (a collective; just [value] without a group)."""
+    if not dist.is_initialized():
+        return [value]
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, value)
     return every
 
 
