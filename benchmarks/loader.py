@@ -3,7 +3,7 @@
 Sources are ImageNet-like: 500x375 JPEGs (quality 90) cut from the real photographs bundled with
 scikit-image (random crops, flips, colour jitter), ingested by the real ingest path. Both
 pipelines read the same shard bytes in one process with one thread (= per core):
-- ours: RankBatches + TrainTransform (libjpeg-turbo decode at reduced DCT scale when the crop
+- ours: the rank's loader (rank_stream: order, shard cache, reads by offset) + TrainTransform (libjpeg-turbo decode at reduced DCT scale when the crop
   allows, crop as a slice, torch's antialiased uint8 resize, flip);
 - naive: full decode, convert to RGB, crop, resize, flip, as most hand-written loaders do.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.data.loader import BatchPlan, RankBatches
+from pipeline.data.loader import BatchPlan, CacheSettings, rank_stream
 from pipeline.data.order import GlobalOrder
-from pipeline.data.reader import ShardReader
+from pipeline.data.shards import ShardStore
 from pipeline.data.transforms import TrainTransform, random_resized_box
 from pipeline.ingest.run import IngestConfig, ingest
 
@@ -82,23 +83,24 @@ def run(count: int = 512, res: int = 224, micro: int = 32) -> dict:
         make_sources(root / "raw", count)
         ingest(IngestConfig(input=str(root / "raw"), output=str(root / "shards"), prefix="b",
                             max_side=1024, parallel=False), progress=False)  # fmt: skip
-        reader = ShardReader(str(root / "shards"), "b", cache_shards=64)
-        order = GlobalOrder(reader.manifest.shard_sizes(), seed=0)
+        store = ShardStore(str(root / "shards"), "b")
+        order = GlobalOrder(store.table.sizes.tolist(), seed=0, partitions=8)
         steps = count // micro
-        ds = RankBatches(
-            reader, order, TrainTransform(res), BatchPlan(micro, micro, 1, 0), start=0, steps=steps
-        )
-        ds[0]  # warm the shard cache: both pipelines then read from memory
+        cache = CacheSettings(str(root / "cache"), 1 << 40, 1 << 20)
+        stream = rank_stream(store, order, TrainTransform(res), BatchPlan(micro, micro, 1, 0),
+                             0, steps, 0, cache)  # fmt: skip
+        first = next(stream)  # the shards are in the page cache: both pipelines read memory
         start = time.perf_counter()
-        n = sum(len(ds[i]["labels"]) for i in range(len(ds)))
-        ours = n / (time.perf_counter() - start)
+        n = len(first["labels"]) + sum(len(b["labels"]) for b in stream)
+        ours = (n - len(first["labels"])) / (time.perf_counter() - start)
 
+        tables = {s: store.fetch_index(s) for s in range(len(store.table))}
         members = []
         for sid in order.samples(0, steps * micro):
             ref = order.locate(sid)
-            members.append(
-                next(v for k, v in reader.read(ref.shard, ref.index).items() if k == "jpg")
-            )
+            row = tables[ref.shard][ref.index]
+            with open(store.tar_path(ref.shard), "rb") as f:
+                members.append(os.pread(f.fileno(), int(row["size"]), int(row["offset"])))
         rng = np.random.default_rng(0)
         start = time.perf_counter()
         for data in members:

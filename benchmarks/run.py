@@ -15,6 +15,7 @@ import torch
 
 from benchmarks import (
     agc,
+    data_plane,
     dedup_index,
     dedup_quality,
     loader,
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "model_step": model_step.run,
     "agc": agc.run,
     "loader": loader.run,
+    "data_plane": data_plane.run,
     "dedup_quality": dedup_quality.run,
     "dedup_index": dedup_index.run,
     "zero_step": zero_step.run,

@@ -69,6 +69,20 @@ def s3_server(bucket: str = "bucket") -> Iterator[dict]:
 class FaultCounts:
     def __init__(self) -> None:
         self.requests = self.failed = self.stalled = 0
+        self.read_bytes: dict[str, int] = {}  # object name -> body bytes of its media GETs
+
+    def reset_reads(self) -> None:
+        self.read_bytes = {}
+
+
+def _object_name(path: str) -> str | None:
+    """The object a GCS JSON-API media download is for (``.../o/<name>?alt=media``)."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(path)
+    if "/o/" not in parts.path or parse_qs(parts.query).get("alt") != ["media"]:
+        return None
+    return unquote(parts.path.split("/o/", 1)[1])
 
 
 @contextmanager
@@ -79,6 +93,7 @@ def faulty_proxy(
     `fail_every` requests one is answered with a 5xx (503, 500, 429 in turn) and of every
     `stall_every` one is held for stall_s seconds and dropped, neither forwarded; the rest pass
     through. A fixed schedule, not chance: a retried request arrives as a later one and passes.
+    Bytes of every object downloaded through it are counted (`FaultCounts.read_bytes`).
     Yields (its URL, the counts)."""
     import http.client
     import threading
@@ -120,6 +135,10 @@ def faulty_proxy(
             reply = conn.getresponse()
             data = reply.read()
             conn.close()
+            name = _object_name(self.path) if self.command == "GET" else None
+            if name is not None:
+                with lock:
+                    counts.read_bytes[name] = counts.read_bytes.get(name, 0) + len(data)
             self.send_response(reply.status)
             for k, v in reply.getheaders():
                 if k.lower() not in hop:

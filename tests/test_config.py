@@ -97,6 +97,12 @@ def test_bad_files(tmp_path):
         (["cluster.workers=4", "cluster.min_workers=2", "train.global_batch=16"],
          "train.global_batch=16 does not split over cluster.workers=3"),
         (["cluster.placement=ANYWHERE"], "bad config value cluster.placement='ANYWHERE'"),
+        # each worker owns whole partitions of the order: 3 workers cannot split 8 of them
+        (["cluster.workers=4", "cluster.min_workers=2", "train.global_batch=24"],
+         "cluster.workers=3 does not divide data.partitions=8; expected a partition count that"
+         " every worker count divides (each worker owns whole partitions), e.g. data.partitions=12"),
+        (["data.partitions=48", "train.global_batch=24"],
+         "data.partitions=48 does not divide train.global_batch=24; expected a divisor"),
     ],
 )  # fmt: skip
 def test_elastic_worker_range_must_split_the_global_batch(overrides, message):
@@ -106,4 +112,5 @@ def test_elastic_worker_range_must_split_the_global_batch(overrides, message):
         load_config(PretrainConfig, None, overrides)
     assert message in str(info.value) and "\n" not in str(info.value)
     assert load_config(PretrainConfig, None, ["cluster.workers=4", "cluster.min_workers=2",
-                                              "train.global_batch=24"]).cluster.min_workers == 2  # fmt: skip
+                                              "train.global_batch=24", "data.partitions=12"]
+                       ).cluster.min_workers == 2  # fmt: skip

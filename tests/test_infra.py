@@ -218,3 +218,12 @@ def test_make_submit_refuses_an_unknown_stage():
     out = subprocess.run(["make", "-n", "submit-nonsense"], cwd=ROOT, capture_output=True,
                          text=True)  # fmt: skip
     assert out.returncode != 0 and "No rule to make target 'submit-nonsense'" in out.stderr
+
+
+def test_zero_buckets_are_aligned_for_odd_parameter_counts():
+    """An odd number of classes makes an odd parameter count; DeepSpeed refuses buckets that
+    are not a multiple of its alignment factor (2), so every run with, e.g., 3 classes failed."""
+    for params in (1_000_001, 2_345_679, 99_999_999):
+        zero = deepspeed_config(4, 1, 2, 2, "fp32", False, params)["zero_optimization"]
+        assert zero["reduce_bucket_size"] % 32 == 0 and zero["reduce_bucket_size"] >= params
+        assert zero["allgather_bucket_size"] == zero["reduce_bucket_size"]

@@ -1,15 +1,18 @@
 """The training loader: exact order across workers/ranks/resumes, transforms, corrupt data."""
 
+import hashlib
 import io
 import pickle
+import uuid
+from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from pipeline.data.demo_images import jpeg_bytes, render
-from pipeline.data.loader import BatchPlan, RankBatches, make_loader
 from pipeline.data.manifest import (
     Manifest,
     ShardIndex,
@@ -17,8 +20,8 @@ from pipeline.data.manifest import (
     manifest_path,
     write_json_atomic,
 )
-from pipeline.data.order import GlobalOrder
-from pipeline.data.reader import ShardReader
+from pipeline.data.order import GlobalOrder, canonical_batch
+from pipeline.data.shards import ShardStore
 from pipeline.data.transforms import (
     MEAN,
     STD,
@@ -29,6 +32,9 @@ from pipeline.data.transforms import (
 )
 from pipeline.ingest.run import IngestConfig, ingest
 from pipeline.ingest.tarwriter import build_tar
+from tests.loading import one_big_shard, peak_rss, rank_batches
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +49,44 @@ def dataset(tmp_path_factory):
     return root / "shards"
 
 
-def _collect(reader, order, plan, start, steps, workers=0):
-    ds = RankBatches(reader, order, TrainTransform(24), plan, start=start, steps=steps)
-    return list(make_loader(ds, workers=workers))
+def _global_batches(dataset, tmp_path, world, micro, start, steps, workers, partitions=6):
+    """(ids, images) of each global batch: every rank's micro-batches, rank after rank."""
+    per_rank = [
+        rank_batches(
+            str(dataset),
+            "d",
+            tmp_path,
+            global_batch=6,
+            world=world,
+            rank=r,
+            micro=micro,
+            partitions=partitions,
+            start=start,
+            steps=steps,
+            workers=workers,
+            res=24,
+            seed=9,
+        )
+        for r in range(world)
+    ]
+    accum = 6 // world // micro
+    out = []
+    for step in range(steps):
+        parts = [b for r in range(world) for b in per_rank[r][step * accum : (step + 1) * accum]]
+        out.append((torch.cat([p["sample_ids"] for p in parts]),
+                    torch.cat([p["images"] for p in parts])))  # fmt: skip
+    return out
 
 
-def test_batches_cover_every_sample_once_per_epoch(dataset):
-    reader = ShardReader(str(dataset), "d")
-    order = GlobalOrder(reader.manifest.shard_sizes(), seed=4, block_shards=2)
-    assert order.num_samples == 30 and len(reader.manifest.shards) > 2
-    batches = _collect(reader, order, BatchPlan(6, 3, 1, 0), start=0, steps=10)  # 2 epochs
+def test_batches_cover_every_sample_once_per_epoch(dataset, tmp_path):
+    store = ShardStore(str(dataset), "d")
+    order = GlobalOrder(store.table.sizes.tolist(), seed=4, partitions=3, block_shards=2)
+    assert order.num_samples == 30 and len(store.table) > 2
+    batches = rank_batches(str(dataset), "d", tmp_path, global_batch=6, micro=3, partitions=3,
+                           steps=10, res=24, seed=4)  # 2 epochs  # fmt: skip
     ids = torch.cat([b["sample_ids"] for b in batches]).tolist()
     assert sorted(ids[:30]) == list(range(30)) and sorted(ids[30:]) == list(range(30))
-    assert ids[:30] == order.samples(0, 30)
+    assert ids[:30] == [i for s in range(5) for i in canonical_batch(order, 6 * s, 6)]
     labels = torch.cat([b["labels"] for b in batches])
     assert set(labels.tolist()) == {0, 1, 2}
     assert (
@@ -63,38 +94,16 @@ def test_batches_cover_every_sample_once_per_epoch(dataset):
     )
 
 
-def test_same_batches_for_any_workers_world_size_and_resume(dataset):
-    reader = ShardReader(str(dataset), "d")
-    order = GlobalOrder(reader.manifest.shard_sizes(), seed=9, block_shards=2)
-    ref = _collect(reader, order, BatchPlan(6, 6, 1, 0), start=0, steps=7)
-
-    def global_batches(world, micro, start, steps, workers):
-        per_rank = [
-            _collect(reader, order, BatchPlan(6, micro, world, r), start, steps, workers)
-            for r in range(world)
-        ]
-        accum = 6 // world // micro
-        out = []
-        for step in range(steps):
-            parts = [
-                b for r in range(world) for b in per_rank[r][step * accum : (step + 1) * accum]
-            ]
-            out.append(
-                (
-                    torch.cat([p["sample_ids"] for p in parts]),
-                    torch.cat([p["images"] for p in parts]),
-                )
-            )
-        return out
-
+def test_same_batches_for_any_workers_world_size_and_resume(dataset, tmp_path):
+    ref = _global_batches(dataset, tmp_path, 1, 6, 0, 7, 0)
     for world, micro, workers in [(2, 3, 0), (3, 1, 2), (2, 1, 1)]:
-        got = global_batches(world, micro, 0, 7, workers)
-        for (ids, imgs), want in zip(got, ref, strict=True):
-            assert torch.equal(ids, want["sample_ids"]) and torch.equal(imgs, want["images"])
+        got = _global_batches(dataset, tmp_path, world, micro, 0, 7, workers)
+        for (ids, imgs), (want_ids, want_imgs) in zip(got, ref, strict=True):
+            assert torch.equal(ids, want_ids) and torch.equal(imgs, want_imgs)
     # Resume at step 4 with another world size: identical to the uninterrupted steps 4..6.
-    resumed = global_batches(3, 2, 4 * 6, 3, 0)
-    for (ids, imgs), want in zip(resumed, ref[4:], strict=True):
-        assert torch.equal(ids, want["sample_ids"]) and torch.equal(imgs, want["images"])
+    resumed = _global_batches(dataset, tmp_path, 3, 2, 4 * 6, 3, 0)
+    for (ids, imgs), (want_ids, want_imgs) in zip(resumed, ref[4:], strict=True):
+        assert torch.equal(ids, want_ids) and torch.equal(imgs, want_imgs)
 
 
 def test_transforms():
@@ -119,9 +128,11 @@ def test_transforms():
     assert x.dtype == torch.float32 and torch.allclose(x[0, :, 0, 0], want)
 
 
-def _hostile_dataset(root):
+def _hostile_dataset(root, fs=None, cut=True, manifest_of_cut=True):
     """A shard as an attacker or a broken disk could leave it: corrupt members, a pickle payload,
-    a decompression bomb; then the tar truncated mid-way."""
+    a decompression bomb; then the tar truncated mid-way (``cut``). ``manifest_of_cut``: the
+    manifest describes the truncated tar (ingest wrote it so); else the whole one, so the
+    stored shard fails its size and sha256 check. Returns the shard name."""
     good = jpeg_bytes(render(0, 0, 0, 32))
     bomb = io.BytesIO()
     Image.new("1", (20000, 20000)).save(bomb, "PNG")
@@ -139,38 +150,70 @@ def _hostile_dataset(root):
         ("000000005", {"jpg": good, "cls": b"0"}),
         ("000000006", {"jpg": good, "cls": b"1"}),  # lost to truncation
     ]
-    tar, index = build_tar(samples)
-    cut = index[-1].members["jpg"].offset + 10
-    tar = tar[:cut]
-    (root / "h-000000.tar").write_bytes(tar)
-    import fsspec
-
-    fs = fsspec.filesystem("file")
-    idx = ShardIndex(
-        shard="h-000000.tar", fingerprint="x", sha256="x", bytes=len(tar), samples=index
-    )
-    write_json_atomic(fs, str(root / "h-000000.idx.json"), idx.model_dump())
-    rec = ShardRecord(
-        name="h-000000.tar",
-        index="h-000000.idx.json",
-        num_samples=len(samples),
-        bytes=len(tar),
-        sha256="x",
-    )
-    write_json_atomic(
-        fs,
-        manifest_path(str(root), "h"),
-        Manifest(prefix="h", classes=["a", "b"], shards=[rec]).model_dump(),
-    )
+    whole, index = build_tar(samples)
+    tar = whole[: index[-1].members["jpg"].offset + 10] if cut else whole
+    described = tar if manifest_of_cut else whole
+    fs = fs or fsspec.filesystem("file")
+    root = str(root)
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe_file(f"{root}/h-000000.tar", tar)
+    sha = hashlib.sha256(described).hexdigest()
+    idx = ShardIndex(shard="h-000000.tar", fingerprint="x", sha256=sha, bytes=len(described),
+                     samples=index)  # fmt: skip
+    write_json_atomic(fs, f"{root}/h-000000.idx.json", idx.model_dump())
+    rec = ShardRecord(name="h-000000.tar", index="h-000000.idx.json", num_samples=len(samples),
+                      bytes=len(described), sha256=sha)  # fmt: skip
+    manifest = Manifest(prefix="h", classes=["a", "b"], shards=[rec])
+    write_json_atomic(fs, manifest_path(root, "h"), manifest.model_dump())
+    return rec.name
 
 
 def test_corrupt_samples_are_skipped_counted_and_the_rest_intact(tmp_path):
-    _hostile_dataset(tmp_path)
-    reader = ShardReader(str(tmp_path), "h")
-    order = GlobalOrder(reader.manifest.shard_sizes(), seed=0)
-    batches = _collect(reader, order, BatchPlan(7, 7, 1, 0), start=0, steps=1)
+    _hostile_dataset(tmp_path / "data")
+    batches = rank_batches(str(tmp_path / "data"), "h", tmp_path / "cache", global_batch=7)
     got = sorted(batches[0]["sample_ids"].tolist())
     assert got == [0, 4, 5]  # the pickle sample's image is fine; its .pyd is never decoded
     reasons = " | ".join(batches[0]["skipped"])
     assert len(batches[0]["skipped"]) == 4
     assert "empty file" in reasons and "decompression bomb" in reasons and "cut off" in reasons
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_shard_failing_its_checksum_is_fetched_again_then_skipped_by_name(tmp_path, where):
+    """A stored shard that is not the one the manifest describes (truncated after ingest, or
+    with flipped bytes): downloaded a second time, then skipped with its name in the log, its
+    samples counted as skipped; the shard itself is left as it was."""
+    if where == "local":
+        root, fs = str(tmp_path / "data"), None
+        name = _hostile_dataset(root, cut=True, manifest_of_cut=False)  # truncated
+    else:
+        root, fs = f"memory://bad-{uuid.uuid4().hex[:6]}", fsspec.filesystem("memory")
+        name = _hostile_dataset(root, fs, cut=False)
+        path = f"{root}/{name}"
+        data = bytearray(fs.cat_file(path))
+        data[700] ^= 0xFF  # same size, other bytes
+        fs.pipe_file(path, bytes(data))
+    before = fsspec.core.url_to_fs(f"{root}/{name}")[0].cat_file(f"{root}/{name}")
+    lines = []
+    batches = rank_batches(root, "h", tmp_path / "cache", global_batch=7, log=lines.append)
+    assert batches[0]["sample_ids"].tolist() == [] and len(batches[0]["skipped"]) == 7
+    assert len(lines) == 1 and f"shard {name} is skipped, its 7 samples" in lines[0], lines
+    reason = "truncated or wrong size" if where == "local" else "does not match the manifest"
+    assert reason in lines[0]
+    if where == "memory":  # the remote path tried twice; a local file is checked where it is
+        assert "(downloaded 2 times)" in lines[0]
+    assert fsspec.core.url_to_fs(f"{root}/{name}")[0].cat_file(f"{root}/{name}") == before
+
+
+def test_a_loader_process_holds_no_shard_in_memory(tmp_path, workers=2):
+    """Peak RSS of the loader processes is the same at 1 MiB and 256 MiB shards: samples are
+    read from the cached file by offset, never as a whole-shard copy."""
+    for mib in (1, 256):
+        one_big_shard(str(tmp_path / f"s{mib}"), mib)
+    small = peak_rss(str(tmp_path / "s1"), tmp_path / "cache", workers)[0]
+    big, with_copy = peak_rss(str(tmp_path / "s256"), tmp_path / "cache", workers,
+                              then_read=str(tmp_path / "s256" / "m-000000.tar"))  # fmt: skip
+    print(f"peak RSS with {workers} loader workers (MiB): 1 MiB shards {small:.0f}, 256 MiB"
+          f" shards {big:.0f}, then with a whole-shard copy {with_copy:.0f}")  # fmt: skip
+    assert big - small < 48
+    assert with_copy - small > 200  # what the 4-shard LRU reader held; the measurement sees it

@@ -429,6 +429,15 @@ def test_bad_input_is_one_line_before_ray_starts(tiny_data, tmp_path, override, 
     assert "Ray" not in out.stdout + out.stderr  # nothing was started
 
 
+def test_a_shard_cache_too_small_for_its_blocks_is_refused_before_ray(tiny_data, tmp_path):
+    cfg = load_config(PretrainConfig, "configs/pretrain/nano.yaml",
+                      [*_args(tiny_data, tmp_path / "run"), "data.cache_bytes=1000"])  # fmt: skip
+    with pytest.raises(UserError, match=r"data.cache_bytes=1000 cannot hold one block of each of"
+                                        r" the 4 partitions a worker owns"):  # fmt: skip
+        preflight(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_dry_run_of_the_paper_point_at_cluster_scale():
     out = _pretrain(["--config", "configs/pretrain/nfnet_f7plus.yaml", "--dry-run",
                      "cluster.workers=64"])  # fmt: skip
@@ -437,6 +446,7 @@ def test_dry_run_of_the_paper_point_at_cluster_scale():
     assert "nfnet_f7plus, 829.6M params" in text and "nothing was started" in text
     assert "global 4096 = 64 workers x 4 accumulation x 16 micro-batch" in text
     assert "peak LR 1.6" in text and "ZeRO-3" in text and "h/epoch" in text
+    assert "data plane: 256 partitions, 4 per worker; shard cache up to 8 GiB per worker" in text
     bad = _pretrain(["--config", "configs/pretrain/nfnet_f7plus.yaml", "--dry-run",
                      "cluster.workers=512"])  # fmt: skip
     assert bad.returncode == 2 and "not a multiple of train.micro_batch=16" in bad.stderr

@@ -1,21 +1,26 @@
 """The training loader: this rank's micro-batches, in stream order, from a cursor position.
 
 Item ``i`` of ``RankBatches`` is this rank's ``i``-th micro-batch after the start position:
-global step ``i // accum`` covers stream positions [start + step*B, start + (step+1)*B), this
-rank reads its slice of them, cut into ``accum`` micro-batches. A standard DataLoader with any
-number of workers delivers items in order, so batch contents never depend on workers or ranks.
-Corrupt samples are skipped (the micro-batch is shorter) and counted in the batch.
+global step ``i // accum`` covers stream positions [start + step*B, start + (step+1)*B); this
+rank reads its slice of that batch in canonical order (see `order`), cut into ``accum``
+micro-batches. A standard DataLoader with any number of workers delivers items in order, so
+batch contents never depend on workers or ranks. Corrupt samples are skipped (the micro-batch is
+shorter) and counted in the batch.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from pipeline.data.cache import CachedShards, ShardCache
 from pipeline.data.order import GlobalOrder, rank_slice
-from pipeline.data.reader import CorruptSample, ShardReader
+from pipeline.data.plan import rank_uses
+from pipeline.data.shards import CorruptSample, ShardStore
 from pipeline.ingest.encode import RejectedImage
 
 
@@ -49,34 +54,39 @@ def micro_batch_seed(seed: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, position, 0xD20]).generate_state(1)[0])
 
 
-def image_member(members: dict[str, bytes]) -> bytes:
-    for ext, data in members.items():
-        if ext not in ("cls", "json"):
-            return data
-    raise CorruptSample("sample has no image member")
+@dataclass
+class RankReader:
+    """How one rank reads samples: from its shard cache for the partitions it owns, by byte
+    range from storage for the few others an epoch boundary hands it."""
 
+    shards: CachedShards
+    owned: range
 
-def load_sample(
-    reader: ShardReader, order: GlobalOrder, transform, seed: int, position: int, sample_id: int
-):
-    """(image uint8 CHW, label) of ``sample_id``, which sits at stream ``position``; raises
-    CorruptSample."""
-    ref = order.locate(sample_id)
-    members = reader.read(ref.shard, ref.index)
-    try:
-        label = int(members["cls"])
-        image = transform(
-            image_member(members), sample_rng(seed, position // order.num_samples, sample_id)
-        )
-    except (KeyError, ValueError, RejectedImage) as e:
-        raise CorruptSample(f"sample {sample_id}: {e}") from None
-    return image, label
+    def read(
+        self, shards: np.ndarray, indices: np.ndarray, partitions: np.ndarray
+    ) -> list[tuple[bytes, int] | CorruptSample]:
+        out: list = [None] * len(shards)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for k, (shard, part) in enumerate(zip(shards.tolist(), partitions.tolist(), strict=True)):
+            if part in self.owned:
+                groups[shard].append(k)
+            else:
+                try:
+                    out[k] = self.shards.store.read_sample(shard, int(indices[k]))
+                except CorruptSample as e:
+                    out[k] = e
+        for shard, ks in groups.items():
+            for k, got in zip(
+                ks, self.shards.read(shard, [int(indices[k]) for k in ks]), strict=True
+            ):
+                out[k] = got
+        return out
 
 
 class RankBatches(torch.utils.data.Dataset):
     def __init__(
         self,
-        reader: ShardReader,
+        reader: RankReader,
         order: GlobalOrder,
         transform,
         plan: BatchPlan,
@@ -91,24 +101,30 @@ class RankBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.steps * self.accum
 
-    def positions(self, i: int) -> range:
+    def bounds(self, i: int) -> tuple[int, int]:
+        """(stream position of the item's global batch, its first canonical index in it)."""
         step, micro = divmod(i, self.accum)
-        first = self.start + step * self.plan.global_batch + self.lo + micro * self.plan.micro_batch
-        return range(first, first + self.plan.micro_batch)
+        return self.start + step * self.plan.global_batch, self.lo + micro * self.plan.micro_batch
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
+        batch_start, first = self.bounds(i)
+        mb = self.plan.micro_batch
+        window = self.order.window(batch_start, self.plan.global_batch, first, first + mb)
+        shards, indices = self.order.locate_many(window.ids)
         images, labels, ids, errors = [], [], [], []
-        positions = self.positions(i)
-        sample_ids = self.order.samples(positions.start, len(positions))  # one lookup per batch
-        for pos, sample_id in zip(positions, sample_ids, strict=True):
+        got = self.reader.read(shards, indices, window.partitions)
+        for sample_id, epoch, item in zip(
+            window.ids.tolist(), window.epochs.tolist(), got, strict=True
+        ):
             try:
-                image, label = load_sample(
-                    self.reader, self.order, self.transform, self.order.seed, pos, sample_id
-                )
-            except CorruptSample as e:
-                errors.append(str(e))
+                if isinstance(item, CorruptSample):
+                    raise item
+                data, label = item
+                image = self.transform(data, sample_rng(self.order.seed, epoch, sample_id))
+            except (CorruptSample, RejectedImage) as e:
+                errors.append(f"sample {sample_id}: {e}")
                 continue
             images.append(image)
             labels.append(label)
@@ -122,7 +138,7 @@ class RankBatches(torch.utils.data.Dataset):
             "sample_ids": torch.tensor(ids, dtype=torch.long),
             "skipped": errors,
             "index": i,
-            "position": positions.start,
+            "position": batch_start + first,
         }
 
 
@@ -144,3 +160,46 @@ def make_loader(
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    directory: str
+    capacity_bytes: int
+    prefetch_shards: int
+
+
+def rank_stream(
+    store: ShardStore,
+    order: GlobalOrder,
+    transform,
+    plan: BatchPlan,
+    start: int,
+    steps: int,
+    workers: int,
+    cache: CacheSettings,
+    log=print,
+    on_start=None,
+) -> Iterator[dict]:
+    """This rank's micro-batches for ``steps`` steps from stream position ``start`` (a multiple
+    of the global batch), read through a shard cache of its own that downloads what its read
+    plan needs; ``workers`` loader processes share it. Close the iterator when done: the cache
+    goes with it. ``on_start(cache)`` sees the cache (its stats) once it runs."""
+    uses = rank_uses(order, plan.global_batch, plan.world_size, plan.rank,
+                     start // plan.global_batch, steps, plan.accum)  # fmt: skip
+    shard_cache = ShardCache(store, cache.directory, uses, cache.capacity_bytes,
+                             cache.prefetch_shards, log)  # fmt: skip
+    reader = RankReader(CachedShards(store, cache.directory),
+                        order.owned(plan.world_size, plan.rank))  # fmt: skip
+    dataset = RankBatches(reader, order, transform, plan, start, steps)
+    loader = iter(make_loader(dataset, workers))  # forks its workers before the thread starts
+    shard_cache.start()
+    if on_start is not None:
+        on_start(shard_cache)
+    try:
+        for batch in loader:
+            shard_cache.consumed(batch["index"])
+            yield batch
+    finally:
+        del loader  # stops the loader workers
+        shard_cache.close()

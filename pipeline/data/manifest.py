@@ -1,9 +1,12 @@
-"""The shard manifest and per-shard index: the contract between ingest, dedup and the loader.
+"""The shard manifest and per-shard index: the contract between ingest, index, dedup and the
+loader.
 
     <dir>/<prefix>-000000.tar          WebDataset shard: <key>.<img ext>, <key>.cls, <key>.json
     <dir>/<prefix>-000000.idx.json     member offsets of that shard (random access, completeness)
     <dir>/<prefix>.manifest.json       shard list, sample counts, bytes, checksums, class map
 
+Shards indexed in place (`jobs/index.py`) may live elsewhere: the manifest's ``root`` then names
+their folder, shard names are relative to it, and the index files sit beside the manifest.
 A shard is complete once its index exists (written after the tar); the manifest is written last.
 Everything is JSON: nothing read from storage is ever unpickled.
 """
@@ -28,6 +31,7 @@ class MemberSpan(BaseModel):
 class SampleIndex(BaseModel):
     key: str
     members: dict[str, MemberSpan]  # extension -> byte span of the member's data in the tar
+    label: int | None = None  # class index; None: read the sample's .cls member
 
 
 class ShardIndex(BaseModel):
@@ -52,6 +56,7 @@ class Manifest(BaseModel):
     prefix: str
     classes: list[str]
     shards: list[ShardRecord]
+    root: str | None = None  # folder (URL) of the tars when not beside the manifest
     skipped: list[dict[str, str]] = Field(default_factory=list)
     settings: dict = Field(default_factory=dict)
 

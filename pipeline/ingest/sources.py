@@ -19,6 +19,19 @@ import fsspec
 from pipeline.config import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # ingest re-encodes, so it may read compressed shards
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(key, extension) of a tar member, as webdataset splits them: at the first dot of the
+    basename, so ``v1.0/img000.jpg`` is key ``v1.0/img000``, extension ``jpg``."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def is_image(ext: str) -> bool:
+    return f".{ext.lower()}" in IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ def detect_format(url: str, storage_options: dict) -> str:
         return "folder"
     if path.endswith((".csv", ".jsonl")):
         return "list"
-    if path.endswith(".tar") or pattern:
+    if path.endswith(TAR_SUFFIXES) or pattern:
         return "shards"
     raise UserError(
         f"cannot tell what {url!r} is; expected an image folder, a .csv/.jsonl list or .tar shards"
@@ -110,12 +123,20 @@ def expand_shards(url: str, storage_options: dict) -> list[str]:
 
 
 def shard_items(url: str, storage_options: dict) -> list[Item]:
-    """Image members of existing tar shards (brace or glob patterns allowed)."""
+    """Image members of existing tar shards (brace or glob patterns allowed), each with the
+    label of its ``.cls`` member; a sample without one is refused, never made a class ''."""
     items = []
     for shard_url in expand_shards(url, storage_options):
         items += _members(shard_url, storage_options)
     if not items:
         raise UserError(f"no image samples in shards {url!r}")
+    unlabelled = [it for it in items if not it.label]
+    if unlabelled:
+        raise UserError(
+            f"{len(unlabelled)} of {len(items)} samples in {url!r} have no .cls label (e.g."
+            f" {unlabelled[0].source}); expected a .cls member per sample, or index the shards"
+            " in place with jobs/index.py label=json:FIELD or label=txt and a class map"
+        )
     return items
 
 
@@ -128,13 +149,13 @@ def scan_shard(
     samples: dict[str, dict[str, tuple]] = {}
     with (
         fsspec.open(shard_url, "rb", **storage_options) as f,
-        tarfile.open(fileobj=f, mode="r|") as tar,
+        tarfile.open(fileobj=f, mode="r|*") as tar,
     ):
         for member in tar:
             if not member.isfile():
                 continue
-            stem, _, ext = member.name.partition(".")
-            if ext == "cls" or ("." + ext.lower()) in IMAGE_EXTENSIONS:
+            stem, ext = split_name(member.name)
+            if ext == "cls" or is_image(ext):
                 data = tar.extractfile(member).read() if with_data or ext == "cls" else None
                 samples.setdefault(stem, {})[ext] = (member.name, member.size, data)
     return samples
@@ -165,7 +186,7 @@ def enumerate_items(url: str, fmt: str, storage_options: dict) -> list[Item]:
 def split_member(source: str) -> tuple[str, str] | None:
     """``"<shard>.tar#<member>"`` -> (shard url, member name); None for a plain path/URL."""
     url, sep, name = source.partition("#")
-    return (url, name) if sep and url.endswith(".tar") else None
+    return (url, name) if sep and url.endswith(TAR_SUFFIXES) else None
 
 
 def read_sources(sources: list[str], storage_options: dict) -> dict[str, bytes | Exception]:
@@ -187,7 +208,7 @@ def read_sources(sources: list[str], storage_options: dict) -> dict[str, bytes |
         try:
             with (
                 fsspec.open(shard_url, "rb", **storage_options) as f,
-                tarfile.open(fileobj=f, mode="r|") as tar,
+                tarfile.open(fileobj=f, mode="r|*") as tar,
             ):
                 for m in tar:
                     if m.name in names:

@@ -43,7 +43,7 @@ def write_shard(
 ) -> ShardIndex:
     fs, out_dir = fsspec.core.url_to_fs(out_url, **storage_options)
     raw = read_sources([it.source for it in plan.items], storage_options)
-    samples, skipped = [], []
+    samples, labels, skipped = [], [], []
     for key, item in zip(plan.keys, plan.items, strict=True):
         data = raw[item.source]
         try:
@@ -51,9 +51,12 @@ def write_shard(
                 raise RejectedImage(f"unreadable: {type(data).__name__}: {data}")
             label = class_index.get(item.label, -1)
             samples.append((key, encode_sample(data, item.source, label, item.label, settings)))
+            labels.append(label)
         except RejectedImage as e:
             skipped.append({"source": item.source, "reason": str(e)})
     tar_bytes, sample_index = build_tar(samples)
+    for entry, label in zip(sample_index, labels, strict=True):
+        entry.label = label if label >= 0 else None  # the loader needs no .cls read
     atomic_write(fs, f"{out_dir}/{plan.name}", tar_bytes)
     index = ShardIndex(
         shard=plan.name,

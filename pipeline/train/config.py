@@ -47,8 +47,19 @@ class DataSection(Section):
     resolution: int = Field(224, ge=8)
     eval_resolution: int | None = Field(None, ge=8)  # None: the train resolution
     min_crop_scale: float = Field(0.08, gt=0, le=1)  # Inception crop: area fraction lower bound
-    block_shards: int = Field(8, ge=1)
+    # The sample order is defined over P partitions of each epoch; a worker owns P / W of them
+    # and is the only one to download their shards (pipeline/data/order.py, docs/data.md).
+    # P must divide train.global_batch and every worker count the run will use must divide P.
+    # None: gcd(train.global_batch, 8), i.e. up to 8 workers; set it for larger clusters.
+    partitions: int | None = Field(None, ge=1)
+    block_shards: int = Field(4, ge=1)  # shards whose samples are shuffled together, per partition
     loader_workers: int = Field(1, ge=0)
+    # Each worker's local shard cache (a fast local disk on GPU nodes). None: <tmp>/nfscale-cache.
+    cache_dir: str | None = None
+    # Bytes of shards a worker's cache may hold; None: two blocks of every partition it owns at
+    # the largest shard's size (its current blocks and the next ones, downloading meanwhile).
+    cache_bytes: int | None = Field(None, ge=1)
+    prefetch_shards: int | None = Field(None, ge=0)  # downloads ahead of need; None: one block each
     val_samples: int | None = Field(None, ge=1)  # cap on held-out samples per evaluation
     expected_samples: int | None = Field(None, ge=1)  # --dry-run when the manifest is unreachable
     storage_options: dict = Field(default_factory=dict)
@@ -128,8 +139,19 @@ class PretrainConfig(Section):
         if cl.min_workers is not None and cl.min_workers > cl.workers:
             raise ValueError(f"cluster.min_workers={cl.min_workers} is above cluster.workers="
                              f"{cl.workers}; expected at most as many")  # fmt: skip
+        partitions = resolved_partitions(self)
+        if self.train.global_batch % partitions:
+            raise ValueError(f"data.partitions={partitions} does not divide train.global_batch="
+                             f"{self.train.global_batch}; expected a divisor of the global batch"
+                             " (every partition gives each batch the same number of samples)")  # fmt: skip
         for n in range(cl.min_workers or cl.workers, cl.workers + 1):
             solve_batch(self.train, n)  # every world size Ray may pick; raises with the numbers
+            if partitions % n:
+                raise ValueError(
+                    f"cluster.workers={n} does not divide data.partitions={partitions}; expected"
+                    " a partition count that every worker count divides (each worker owns whole"
+                    " partitions), e.g. data.partitions=" + str(_suggest_partitions(self, n))
+                )
         if self.train.precision == "bf16" and not self.cluster.use_gpu:
             raise ValueError("train.precision=bf16 needs cluster.use_gpu=true; use fp32 on CPU")
         if self.train.sam_rho and self.cluster.zero_stage == 3:
@@ -191,6 +213,18 @@ def solve_batch(train: TrainSection, workers: int) -> tuple[int, int]:
     return per_worker // a, a
 
 
+def resolved_partitions(cfg: PretrainConfig) -> int:
+    """data.partitions, or its default: gcd(global batch, 8), fixed by the recipe alone."""
+    return cfg.data.partitions or math.gcd(cfg.train.global_batch, 8)
+
+
+def _suggest_partitions(cfg: PretrainConfig, workers: int) -> int:
+    """The smallest multiple of every allowed worker count that divides the global batch."""
+    lo, hi = cfg.cluster.min_workers or cfg.cluster.workers, cfg.cluster.workers
+    need = math.lcm(*range(lo, hi + 1), workers)
+    return need if cfg.train.global_batch % need == 0 else cfg.train.global_batch
+
+
 def total_steps(train: TrainSection, num_samples: int) -> int:
     """Optimizer steps for the epoch budget; at least one."""
     return max(1, math.ceil(train.epochs * num_samples / train.global_batch))
@@ -211,6 +245,7 @@ __all__ = [
     "ConfigError",
     "FinetuneConfig",
     "PretrainConfig",
+    "resolved_partitions",
     "resolved_precision",
     "solve_batch",
     "total_steps",

@@ -18,12 +18,19 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.data.manifest import manifest_path, read_manifest
+from pipeline.data.manifest import Manifest, manifest_path, read_manifest
+from pipeline.data.plan import cache_bytes
 from pipeline.models import create_model
 from pipeline.models.summary import count_macs
 from pipeline.optim.schedules import scaled_lr
 from pipeline.train.compute import PEAK_BF16_TFLOPS, sam_factor
-from pipeline.train.config import PretrainConfig, resolved_precision, solve_batch, total_steps
+from pipeline.train.config import (
+    PretrainConfig,
+    resolved_partitions,
+    resolved_precision,
+    solve_batch,
+    total_steps,
+)
 
 ASSUMED_MFU = 0.45
 GIB = 2**30
@@ -60,28 +67,51 @@ def activation_bytes(model: torch.nn.Module, res: int, batch: int, bytes_per: in
     return total
 
 
-def _dataset(cfg: PretrainConfig) -> tuple[int | None, int | None, str]:
-    """(samples, classes, where from): a local manifest, else the config's hints. Remote
-    manifests are not read: a dry run stays offline and instant."""
+# Without a readable manifest the data-plane line assumes ingest's default shard size and an
+# ImageNet-like mean sample (ImageNet train: 140 GB / 1.28M JPEGs).
+ASSUMED_SHARD_BYTES, ASSUMED_SAMPLE_BYTES = 256 * 2**20, 110_000
+
+
+def _dataset(cfg: PretrainConfig) -> tuple[int | None, int | None, str, Manifest | None]:
+    """(samples, classes, where from, manifest): a local manifest, else the config's hints.
+    Remote manifests are not read: a dry run stays offline and instant."""
     if "://" in cfg.data.train and not cfg.data.train.startswith("file://"):
         if cfg.data.expected_samples:
-            return cfg.data.expected_samples, None, "data.expected_samples"
-        return None, None, "unknown (remote data is not read; set data.expected_samples)"
+            return cfg.data.expected_samples, None, "data.expected_samples", None
+        return None, None, "unknown (remote data is not read; set data.expected_samples)", None
     try:
         m = read_manifest(manifest_path(cfg.data.train, cfg.data.train_prefix),
                           cfg.data.storage_options)  # fmt: skip
-        return m.num_samples, len(m.classes), f"manifest {cfg.data.train}"
+        return m.num_samples, len(m.classes), f"manifest {cfg.data.train}", m
     except (FileNotFoundError, OSError, ValueError):
         if cfg.data.expected_samples:
-            return cfg.data.expected_samples, None, "data.expected_samples"
-        return None, None, "unknown (manifest unreachable; set data.expected_samples)"
+            return cfg.data.expected_samples, None, "data.expected_samples", None
+        return None, None, "unknown (manifest unreachable; set data.expected_samples)", None
+
+
+def data_plane(cfg: PretrainConfig, manifest: Manifest | None, step_s: float) -> str:
+    """Partitions per worker, the shard cache per worker and the download rate per node."""
+    cl, P = cfg.cluster, resolved_partitions(cfg)
+    if manifest is not None:
+        largest = max(s.bytes for s in manifest.shards)
+        sample = sum(s.bytes for s in manifest.shards) / max(1, manifest.num_samples)
+        basis = "the manifest's shards"
+    else:
+        largest, sample = ASSUMED_SHARD_BYTES, ASSUMED_SAMPLE_BYTES
+        basis = f"assumed {largest / 2**20:.0f} MiB shards of {sample / 1e3:.0f} KB samples"
+    cache = cache_bytes(cfg.data.cache_bytes, P, cfg.data.block_shards, cl.workers, largest)
+    nodes = max(1, cl.workers // 8) if cl.use_gpu else 1
+    rate = cfg.train.global_batch / step_s * sample / nodes
+    return (f"data plane: {P} partitions, {P // cl.workers} per worker; shard cache up to"
+            f" {cache / 2**30:.3g} GiB per worker; downloads ~{rate / 1e6:.3g} MB/s per"
+            f" {'8-GPU node' if cl.use_gpu else 'machine'} at this step time ({basis})")  # fmt: skip
 
 
 def dry_run(cfg: PretrainConfig, mfu: float = ASSUMED_MFU) -> str:
     tc, cl = cfg.train, cfg.cluster
     micro, accum = solve_batch(tc, cl.workers)
     precision = resolved_precision(tc, cl.use_gpu)
-    samples, found_classes, source = _dataset(cfg)
+    samples, found_classes, source, manifest = _dataset(cfg)
     classes = cfg.model.num_classes or found_classes or 1000
     with torch.device("meta"):
         model = create_model(cfg.model.name, num_classes=classes)
@@ -107,6 +137,7 @@ def dry_run(cfg: PretrainConfig, mfu: float = ASSUMED_MFU) -> str:
             f"  ZeRO-{stage}: {b / GIB:7.2f} GiB states, {(b + acts) / GIB:7.2f} GiB total{mark}"
         )
     lines.append(f"time: {step_s:.3f} s/step at {mfu:.0%} MFU of {peak:g} TFLOP/s per worker")
+    lines.append(data_plane(cfg, manifest, step_s))
     if samples:
         steps = total_steps(tc, samples)
         per_epoch = samples / tc.global_batch * step_s / 3600

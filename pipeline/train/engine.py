@@ -36,6 +36,9 @@ def deepspeed_config(
     elements, so the reduce-scatter runs once per step (2.1x -> 1.6x of DDP's step on CPU for
     F0, BENCHMARKS.md), without allocating more than the model needs."""
     bucket = BUCKET if params is None else int(min(5e8, max(params, 1e6)))
+    # DeepSpeed asserts buckets are a multiple of its alignment factor (2): an odd number of
+    # classes gives an odd parameter count; round up to 32 elements (fp16/bf16 alignment too).
+    bucket = -(-bucket // 32) * 32
     zero: dict = {"stage": zero_stage}
     if zero_stage:
         # Overlapping communication with backward pays on GPUs; on CPU/gloo it only adds threads.

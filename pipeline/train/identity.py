@@ -20,6 +20,7 @@ OPERATIONAL = ("run.mlflow_uri", "run.mlflow_parent", "run.experiment", "train.l
                "train.eval_every", "train.checkpoint_every", "train.sample_log",
                "train.max_nonfinite_steps", "train.activation_checkpointing",
                "data.loader_workers", "data.storage_options", "data.expected_samples",
+               "data.cache_dir", "data.cache_bytes", "data.prefetch_shards",
                "cluster.address", "cluster.max_failures", "cluster.cpus_per_worker",
                "cluster.workers", "cluster.min_workers", "cluster.placement",
                "cluster.worker_env")  # fmt: skip

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import fsspec
@@ -17,9 +19,10 @@ import yaml
 
 from pipeline.config import RunStopped, UserError
 from pipeline.data.manifest import manifest_path, read_manifest
+from pipeline.data.plan import cache_bytes
 from pipeline.storage import STORAGE_ENV, is_local
 from pipeline.train import memory, stopped
-from pipeline.train.config import PretrainConfig
+from pipeline.train.config import PretrainConfig, resolved_partitions
 from pipeline.train.faults import ENV as FAULT_ENV
 from pipeline.train.identity import check_same_run, recipe_changes, record_run_config
 from pipeline.train.tracking import default_tracking_uri
@@ -57,6 +60,7 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
         )
     if val is not None and val.classes != train.classes:
         raise UserError(f"data.val {data.val} has a different class map than data.train")
+    _check_cache(cfg, train)
     local = not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
     if local and not cfg.cluster.use_gpu:  # every worker on this machine, states in its memory
         try:
@@ -81,6 +85,30 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
         raise UserError(f"run.dir={cfg.run.dir!r} is not writable")
     check_same_run(cfg)
     return cfg
+
+
+def _check_cache(cfg: PretrainConfig, train) -> None:
+    """The shard cache's bound fits the blocks a worker reads at once (fewest workers: most
+    partitions each); a local run with remote data has the disk for every worker's cache."""
+    cl, data = cfg.cluster, cfg.data
+    world = cl.min_workers or cl.workers
+    largest = max(s.bytes for s in train.shards)
+    try:
+        need = cache_bytes(data.cache_bytes, resolved_partitions(cfg), data.block_shards, world,
+                           largest)  # fmt: skip
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    local = not (cl.address or os.environ.get("RAY_ADDRESS"))
+    if local and "://" in data.train and not data.train.startswith("file://"):
+        root = data.cache_dir or tempfile.gettempdir()
+        os.makedirs(root, exist_ok=True)
+        free = shutil.disk_usage(root).free
+        if free < need * cl.workers:
+            raise UserError(
+                f"data.cache_dir {root} has {free / 2**30:.1f} GiB free; the {cl.workers} workers'"
+                f" shard caches need up to {need * cl.workers / 2**30:.1f} GiB; expected a"
+                " data.cache_dir with room, or a smaller data.cache_bytes"
+            )
 
 
 def finished_summary(cfg: PretrainConfig) -> dict | None:

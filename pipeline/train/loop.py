@@ -42,6 +42,7 @@ from pipeline.train import checkpoint, memory, stopped, topology
 from pipeline.train.compute import mfu, peak_tflops, sam_factor, train_flops_per_image
 from pipeline.train.config import (
     PretrainConfig,
+    resolved_partitions,
     resolved_precision,
     solve_batch,
     total_steps,
@@ -85,10 +86,10 @@ def train_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.cluster.use_gpu else torch.device("cpu")
     set_determinism(tc.deterministic)
-    data = TrainData.open(cfg.data, cfg.run.seed)
+    data = TrainData.open(cfg.data, cfg.run.seed, resolved_partitions(cfg))
     heldout = HeldOut(cfg.data) if cfg.data.val else None
-    num_samples = data.manifest.num_samples
-    classes = cfg.model.num_classes or len(data.manifest.classes)
+    num_samples = data.num_samples
+    classes = cfg.model.num_classes or len(data.store.classes)
     micro, accum = solve_batch(tc, world)
     plan = BatchPlan(tc.global_batch, micro, world, rank)
     steps = total_steps(tc, num_samples)
@@ -146,7 +147,7 @@ def train_worker(config: dict) -> None:
 
     # ---- train ------------------------------------------------------------------------------
     batches = data.micro_batches(plan, state.cursor.position, steps - state.step,
-                                 cfg.data.loader_workers)  # fmt: skip
+                                 cfg.data.loader_workers, log=lambda m: print(m, flush=True))  # fmt: skip
     sample_log = open_sample_log(cfg.run.dir, rank) if tc.sample_log else None
     faults = Faults.from_env(rank, world, cfg.run.dir)  # none unless a chaos test sets them
     saved = state.step if latest is not None else None  # the latest checkpoint's step
@@ -206,14 +207,16 @@ def train_worker(config: dict) -> None:
         if state.nonfinite_streak >= tc.max_nonfinite_steps:
             _stop_nonfinite(cfg, rank, state, saved)
             tracker.close(status="FAILED")
+            batches.close()
             if sample_log is not None:
                 sample_log.close()
             return
 
     # ---- finish -----------------------------------------------------------------------------
+    batches.close()  # the shard cache goes with it
     if sample_log is not None:
         sample_log.close()
-    summary = _finish(run, engine.engine, ema, heldout, state, losses)
+    summary = _finish(run, engine.engine, ema, heldout, state, losses, data.io_summary())
     tracker.log_metrics({k: v for k, v in summary.items() if k.startswith("heldout_")
                          and isinstance(v, float)}, state.step)  # fmt: skip
     tracker.log_metrics({k: summary[k] for k in ("train_flops", "device_hours")}, state.step)
@@ -222,7 +225,7 @@ def train_worker(config: dict) -> None:
     tracker.close()
 
 
-def _finish(run: Run, engine, ema, heldout, state, losses) -> dict:
+def _finish(run: Run, engine, ema, heldout, state, losses, data_io: dict) -> dict:
     cfg, rank, world = run.cfg, run.rank, run.world
 
     def evaluate(model, dtype) -> dict:
@@ -259,6 +262,7 @@ def _finish(run: Run, engine, ema, heldout, state, losses) -> dict:
         "peak_rss_gib": memory.gathered_peaks(), "step_seconds": state.elapsed_s / run.steps,
         "memory_estimate_gib": run.memory_need / memory.GIB if run.memory_need else None,
         "workers": world, "placement": run.placement, "zero_stage": cfg.cluster.zero_stage,
+        "data_io": data_io,
         "run_dir": cfg.run.dir,
         "mlflow_run_id": state.mlflow_run_id, "deepspeed": run.ds_config,
     }  # fmt: skip
