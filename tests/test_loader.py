@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import pickle
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.data.cache import CachedShards, ShardCache
 from pipeline.data.demo_images import jpeg_bytes, render
 from pipeline.data.manifest import (
     Manifest,
@@ -21,6 +23,7 @@ from pipeline.data.manifest import (
     write_json_atomic,
 )
 from pipeline.data.order import GlobalOrder, canonical_batch
+from pipeline.data.plan import Use
 from pipeline.data.shards import ShardStore
 from pipeline.data.transforms import (
     MEAN,
@@ -217,3 +220,34 @@ def test_a_loader_process_holds_no_shard_in_memory(tmp_path, workers=2):
           f" shards {big:.0f}, then with a whole-shard copy {with_copy:.0f}")  # fmt: skip
     assert big - small < 48
     assert with_copy - small > 200  # what the 4-shard LRU reader held; the measurement sees it
+
+
+def test_the_cache_stays_within_its_bound_and_deletes_each_shard_after_its_last_use(tmp_path):
+    """Downloads (from memory://, a non-local store) run ahead by at most `prefetch` uses and
+    `capacity` bytes; a shard used again while held is not fetched twice; each file goes once
+    its last use is consumed; the folder goes with the cache."""
+    root = f"memory://cache-{uuid.uuid4().hex[:6]}"
+    for c in range(2):
+        for i in range(18):
+            fsspec.filesystem("memory").pipe_file(f"{root}/raw/c{c}/{i}.jpg",
+                                                  jpeg_bytes(render(c, 0, i, 24)))  # fmt: skip
+    ingest(IngestConfig(input=f"{root}/raw", output=f"{root}/shards", prefix="c",
+                        max_shard_samples=3, parallel=False), progress=False)  # fmt: skip
+    store = ShardStore(f"{root}/shards", "c")
+    assert len(store.table) == 12
+    uses = sorted([Use(i, i, i) for i in range(12)] + [Use(1, 4, 2)])  # shard 2 twice, overlapping
+    largest = int(store.table.bytes.max())
+    directory = str(tmp_path / "cache")
+    cache = ShardCache(store, directory, uses, 3 * largest, 2, log=print).start()
+    reader = CachedShards(store, directory)
+    held = []
+    for item in range(12):
+        got = reader.read(item, [0, 1, 2])
+        assert all(isinstance(x, tuple) and x[0][:2] == b"\xff\xd8" for x in got), got
+        held.append(len([p for p in os.listdir(directory) if p.endswith(".tar")]))
+        cache.consumed(item)
+    cache.close()
+    assert cache.stats.downloads == 12 and cache.stats.bad_shards == []
+    assert cache.stats.bytes_fetched == int(store.table.bytes.sum())  # each shard's bytes once
+    assert cache.stats.peak_bytes <= 3 * largest and max(held) <= 3, held
+    assert not os.path.exists(directory)

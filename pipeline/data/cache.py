@@ -158,13 +158,16 @@ class ShardCache:
             _write_atomic(shard_file(self.directory, shard, "bad"), reason.encode())
             if os.path.lexists(f"{tar}.new"):
                 os.remove(f"{tar}.new")
-            return
-        _write_atomic(shard_file(self.directory, shard, "idx"), rows.tobytes())
-        os.replace(f"{tar}.new", tar)
+        else:
+            _write_atomic(shard_file(self.directory, shard, "idx"), rows.tobytes())
+            os.replace(f"{tar}.new", tar)
         with self._cond:
-            self._bytes += int(self.store.table.bytes[shard])
-            self.stats.downloads += 1
-            self.stats.peak_bytes = max(self.stats.peak_bytes, self._bytes)
+            if reason is None:
+                self._bytes += int(self.store.table.bytes[shard])
+                self.stats.downloads += 1
+                self.stats.peak_bytes = max(self.stats.peak_bytes, self._bytes)
+            if shard not in self._held:  # its uses ended while it downloaded (no read needed it)
+                self._evict(shard)
 
 
 def _file_reader(path: str):

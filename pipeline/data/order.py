@@ -18,13 +18,15 @@ Global batches are cut from the stream without regard to epoch boundaries, so no
 dropped and fractional epoch budgets are just a number of samples. The whole position is one
 integer: the number of samples consumed so far.
 
-Within a global batch the samples are put in canonical order, by partition, then by stream
-position; rank r of W reads slice r of that order. Rank r therefore reads exactly the samples of
-partitions [r P/W, (r + 1) P/W) (it owns them, and their shards: `read_plan`), whenever every
-partition contributes the same count to the batch: P must divide the global batch and W must
-divide P. The one batch per epoch boundary where counts differ by one (N not a multiple of P)
-moves a few samples to a neighbouring rank, which reads them by byte range. Which process reads
-a sample never changes which samples form a batch, nor their order.
+Within a global batch the samples are put in canonical order: by epoch, then partition, then
+stream position; rank r of W reads slice r of that order. Rank r therefore reads exactly the
+samples of partitions [r P/W, (r + 1) P/W) (it owns them, and their shards: `plan.rank_uses`)
+in every batch inside one epoch, where each partition contributes B / P samples: P must divide
+the global batch B and W must divide P. The one batch per epoch boundary holds the end of one
+epoch, then the start of the next (so the stream of batches still has every epoch whole); its
+slices do not follow ownership, and ranks read those samples of others' partitions by byte
+range: at most B ranged reads per epoch. Which process reads a sample never changes which
+samples form a batch, nor their order.
 """
 
 from __future__ import annotations
@@ -209,14 +211,15 @@ class GlobalOrder:
         return out.tolist()
 
     def window(self, start: int, count: int, lo: int = 0, hi: int | None = None) -> Window:
-        """Slice [lo, hi) of the window [start, start + count) in canonical order (by partition,
-        then stream position); only the partitions the slice touches are looked up."""
+        """Slice [lo, hi) of the window [start, start + count) in canonical order: by epoch,
+        then partition, then stream position; only the partitions the slice touches are read."""
         hi = count if hi is None else hi
-        pieces = self._pieces(start, count)
         ids, epochs, parts = [], [], []
-        at = 0  # canonical index of the current (partition, piece) run
-        for p in range(self.partitions):
-            for epoch, o0, o1, _ in pieces:
+        at = 0  # canonical index of the current (epoch, partition) run
+        for epoch, o0, o1, _ in self._pieces(start, count):
+            for p in range(self.partitions):
+                if at >= hi:
+                    break
                 j0, j1 = self._range(o0, o1, p)
                 n = max(0, j1 - j0)
                 a, b = max(lo, at), min(hi, at + n)
@@ -225,10 +228,6 @@ class GlobalOrder:
                     epochs.append(np.full(b - a, epoch))
                     parts.append(np.full(b - a, p))
                 at += n
-                if at >= hi:
-                    break
-            if at >= hi:
-                break
         cat = lambda xs: np.concatenate(xs) if xs else np.empty(0, dtype=np.int64)  # noqa: E731
         return Window(cat(ids), cat(epochs), cat(parts))
 
