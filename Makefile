@@ -57,6 +57,8 @@ $(addprefix submit-,$(STAGES)): submit-%: setup
 	RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address $(RAY_DASHBOARD) \
 		--runtime-env infra/runtime_env.yaml -- python jobs/$*.py $(ARGS)
 
+# The data-plane benchmark installs mosaicml-streaming beside the run outputs on first use
+# (runs/bench/streaming-pkg, benchmarks/rival_packages.py): a rival, not a dependency.
 bench: setup
 	$(PY) -m benchmarks.run
 

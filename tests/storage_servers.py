@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -66,6 +70,9 @@ def s3_server(bucket: str = "bucket") -> Iterator[dict]:
         server.stop()
 
 
+COUNTS_PATH, RESET_PATH = "/__proxy__/read_bytes", "/__proxy__/reset"
+
+
 class FaultCounts:
     def __init__(self) -> None:
         self.requests = self.failed = self.stalled = 0
@@ -113,6 +120,16 @@ def faulty_proxy(
 
         def _handle(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path in (COUNTS_PATH, RESET_PATH):  # the proxy's own: bytes read so far
+                with lock:
+                    if self.path == RESET_PATH:
+                        counts.reset_reads()
+                    data = json.dumps(counts.read_bytes).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             with lock:
                 counts.requests += 1
                 n = counts.requests
@@ -158,3 +175,53 @@ def faulty_proxy(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def gcs_in_another_process(bucket: str = "bucket") -> Iterator[tuple[dict, str]]:
+    """The GCS emulator and a byte-counting proxy in front of it, in a process of their own (a
+    benchmark's own process then runs nothing but the code measured); points this process's
+    gcsfs at the proxy. Yields (gcsfs storage options, the proxy's URL); `proxy_reads(url)`
+    returns the bytes read through it per object, `proxy_reads(url, reset=True)` zeroes them.
+    `os.environ["NFSCALE_TEST_EMULATOR"]` is the emulator's own URL (no proxy on the way)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.storage_servers", bucket],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
+    try:
+        emulator, proxy = proc.stdout.readline().split()
+        keys = (
+            "STORAGE_EMULATOR_HOST",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
+            "NFSCALE_TEST_EMULATOR",
+        )
+        saved = {k: os.environ.get(k) for k in keys}
+        os.environ.update(STORAGE_EMULATOR_HOST=proxy, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+                          NFSCALE_TEST_EMULATOR=emulator)  # fmt: skip
+        try:
+            yield {"token": "anon"}, proxy
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def proxy_reads(proxy: str, reset: bool = False) -> dict[str, int]:
+    with urllib.request.urlopen(proxy + (RESET_PATH if reset else COUNTS_PATH), timeout=30) as r:
+        return json.loads(r.read())
+
+
+if __name__ == "__main__":  # serve until terminated: the emulator, then the counting proxy
+    import time
+
+    with (
+        gcs_emulator(sys.argv[1]),
+        faulty_proxy(os.environ["STORAGE_EMULATOR_HOST"], 0) as (url, _),
+    ):
+        print(os.environ["STORAGE_EMULATOR_HOST"], url, flush=True)
+        while True:
+            time.sleep(3600)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import itertools
 import os
 import shutil
 import threading
@@ -192,24 +191,30 @@ class CachedShards:
     def __init__(self, store: ShardStore, directory: str) -> None:
         self.store, self.directory = store, directory
         self._tables: dict[int, np.ndarray] = {}
+        self.wait_s = 0.0  # time this process spent waiting for downloads (a data stall)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tables": {}}
+        return {**self.__dict__, "_tables": {}, "wait_s": 0.0}
 
     def read(self, shard: int, indices: list[int]) -> list[tuple[bytes, int] | CorruptSample]:
         """Image bytes and label of samples of one shard held by this rank's cache."""
-        for waited in itertools.count():
+        start = None
+        while True:
             try:
-                return self._read_open(shard, indices)
+                got = self._read_open(shard, indices)
+                if start is not None:
+                    self.wait_s += time.perf_counter() - start
+                return got
             except FileNotFoundError:  # not there yet, or evicted for an earlier use
+                start = start or time.perf_counter()
+                waited = time.perf_counter() - start
                 try:
                     self._check_waiting(shard, waited)
                 except CorruptSample as e:  # the whole shard is unusable this time
                     return [e] * len(indices)
-                time.sleep(min(0.05, 0.001 * 2 ** min(waited, 6)))
-        raise AssertionError  # unreachable
+                time.sleep(min(0.05, 0.001 + waited / 4))
 
-    def _check_waiting(self, shard: int, waited: int) -> None:
+    def _check_waiting(self, shard: int, waited: float) -> None:
         bad = shard_file(self.directory, shard, "bad")
         if os.path.exists(bad):
             with open(bad) as f:
@@ -218,7 +223,7 @@ class CachedShards:
         if os.path.exists(failed):
             with open(failed) as f:
                 raise RuntimeError(f"the shard downloader failed: {f.read()}")
-        if waited * 0.05 > WAIT_LIMIT_S:
+        if waited > WAIT_LIMIT_S:
             raise TimeoutError(
                 f"shard {self.store.name(shard)} not downloaded in {WAIT_LIMIT_S:.0f}s"
             )

@@ -114,6 +114,7 @@ class RankBatches(torch.utils.data.Dataset):
         window = self.order.window(batch_start, self.plan.global_batch, first, first + mb)
         shards, indices = self.order.locate_many(window.ids)
         images, labels, ids, errors = [], [], [], []
+        waited = self.reader.shards.wait_s
         got = self.reader.read(shards, indices, window.partitions)
         for sample_id, epoch, item in zip(
             window.ids.tolist(), window.epochs.tolist(), got, strict=True
@@ -139,6 +140,7 @@ class RankBatches(torch.utils.data.Dataset):
             "skipped": errors,
             "index": i,
             "position": batch_start + first,
+            "wait_s": self.reader.shards.wait_s - waited,  # for shards still downloading
         }
 
 

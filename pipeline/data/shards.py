@@ -164,7 +164,7 @@ class ShardStore:
     def _get(self, shard: int, part: str) -> None:
         for attempt in range(DOWNLOAD_TRIES):
             try:
-                self.fs.get_file(self.tar_path(shard), part)
+                self.fs.get_file(self.tar_path(shard), part, **self._get_options())
                 return
             except FileNotFoundError:
                 raise
@@ -172,6 +172,12 @@ class ShardStore:
                 if attempt == DOWNLOAD_TRIES - 1:
                     raise
                 time.sleep(2**attempt)
+
+    def _get_options(self) -> dict:
+        """gcsfs fetches objects over 100 MB as 4 concurrent 16 MiB ranges with up to 128 MiB
+        buffered in memory; one streamed request keeps a loader process's memory flat."""
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
+        return {"concurrency": 1} if {"gs", "gcs"} & set(protocols) else {}
 
     def _check(self, shard: int, path: str, size: int) -> str | None:
         want = int(self.table.bytes[shard])

@@ -156,7 +156,7 @@ def train_worker(config: dict) -> None:
         start = time.perf_counter()
         lr = peak_lr * warmup_cosine(step, steps, warm)
         engine.set_lr(lr)
-        losses, ids, skipped, clip = [], [], 0, None
+        losses, ids, skipped, clip, waited = [], [], 0, None, 0.0
         for _ in range(accum):
             batch = next(batches)
             images = faults.poison(normalize(batch["images"].to(device), run.dtype), step)
@@ -167,6 +167,7 @@ def train_worker(config: dict) -> None:
             losses.append(loss)
             ids += batch["sample_ids"].tolist()
             skipped += len(batch["skipped"])
+            waited += batch["wait_s"]
         if clip.skipped:  # some rank's loss or the averaged gradient was not finite
             state.skipped_steps += 1
             state.nonfinite_streak += 1
@@ -189,6 +190,7 @@ def train_worker(config: dict) -> None:
             metrics = {"loss": mean_loss, "lr": lr, "agc_clip_fraction": clip.fraction,
                        "grad_norm": clip.grad_norm, "images_per_s": tc.global_batch / seconds,
                        "epoch": state.cursor.epoch(), "skipped_samples": state.skipped_samples,
+                       "data_wait_s": waited,
                        "skipped_steps": state.skipped_steps}  # fmt: skip
             util = mfu(run.flops_per_image * tc.global_batch / seconds, world, peak)
             if util is not None:
