@@ -11,6 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import fsspec
 import pytest
 import torch
 import webdataset as wds
@@ -151,3 +152,21 @@ def test_webdataset_reads_our_shards_with_their_sidecar_files(tiny_data):
     assert all({"jpg", "cls", "json"} <= set(s) for s in samples)
     names = {s["__key__"] for s in samples}
     assert len(names) == manifest.num_samples
+
+
+def test_shards_on_one_store_index_on_another(tmp_path):
+    """The shards' bucket is someone else's (here memory://), the index a local folder: the
+    loader reads the index from one and downloads the tars from the other."""
+    shardwriter_set(tmp_path / "src", count=12, per_shard=6)
+    root = f"memory://theirs-{tmp_path.name}"
+    mem = fsspec.filesystem("memory")
+    for tar in sorted((tmp_path / "src").glob("*.tar")):
+        mem.put_file(str(tar), f"{root}/laion/{tar.name}")
+    manifest = index_shards(IndexConfig(shards=f"{root}/laion/{{00000..00001}}.tar",
+                                        output=str(tmp_path / "mine"), label="json:label",
+                                        classes=NAMES), progress=False)  # fmt: skip
+    assert manifest.root.startswith("memory://") and manifest.num_samples == 12
+    assert manifest.root.endswith(f"theirs-{tmp_path.name}/laion")  # memory:// adds a slash
+    batches = rank_batches(str(tmp_path / "mine"), "data", tmp_path / "cache", global_batch=6)
+    assert sorted(i for b in batches for i in b["sample_ids"].tolist()) == list(range(12))
+    assert not any(b["skipped"] for b in batches)

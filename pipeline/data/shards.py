@@ -90,17 +90,25 @@ class ShardStore:
         self.num_samples = manifest.num_samples
         self.table = ShardTable.of(manifest)
         self.shards_root = (manifest.root or self.directory).rstrip("/")
-        self._fs = None
+        self._fs = self._tar_fs = None
         self._indexes: dict[int, np.ndarray] = {}  # stray reads only: a few per epoch
 
-    def __getstate__(self) -> dict:  # loader workers open their own filesystem handle
-        return {**self.__dict__, "_fs": None, "_indexes": {}}
+    def __getstate__(self) -> dict:  # loader workers open their own filesystem handles
+        return {**self.__dict__, "_fs": None, "_tar_fs": None, "_indexes": {}}
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
+        """Where the manifest and index files are."""
         if self._fs is None:
             self._fs = fsspec.core.url_to_fs(self.directory, **self.storage_options)[0]
         return self._fs
+
+    @property
+    def tar_fs(self) -> fsspec.AbstractFileSystem:
+        """Where the tars are (another store when they were indexed in place)."""
+        if self._tar_fs is None:
+            self._tar_fs = fsspec.core.url_to_fs(self.shards_root, **self.storage_options)[0]
+        return self._tar_fs
 
     def _path(self, root: str, name: str) -> str:
         return fsspec.core.url_to_fs(f"{root}/{name}", **self.storage_options)[1]
@@ -117,26 +125,28 @@ class ShardStore:
         return sample_table(index, read_cls or (lambda o, n: self.read_range(shard, o, n)))
 
     def read_range(self, shard: int, offset: int, size: int) -> bytes:
-        return self.fs.cat_file(self.tar_path(shard), start=offset, end=offset + size)
+        return self.tar_fs.cat_file(self.tar_path(shard), start=offset, end=offset + size)
 
     def read_sample(self, shard: int, index: int) -> tuple[bytes, int]:
         """A sample of a shard this process does not hold, by byte range."""
-        if shard not in self._indexes:
-            if len(self._indexes) >= 8:
-                self._indexes.pop(next(iter(self._indexes)))
-            self._indexes[shard] = self.fetch_index(shard)
-        row = self._indexes[shard][index]
-        if row["offset"] < 0 or row["label"] < 0:
-            raise CorruptSample(f"sample {index} of {self.name(shard)} has no image or no label")
         try:
+            if shard not in self._indexes:
+                if len(self._indexes) >= 8:
+                    self._indexes.pop(next(iter(self._indexes)))
+                self._indexes[shard] = self.fetch_index(shard)
+            row = self._indexes[shard][index]
+            if row["offset"] < 0 or row["label"] < 0:
+                raise CorruptSample(f"sample {index} of {self.name(shard)} has no image or label")
             return self.read_range(shard, int(row["offset"]), int(row["size"])), int(row["label"])
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            if isinstance(e, CorruptSample):
+                raise
             raise CorruptSample(f"{self.name(shard)} unreadable: {e}") from None
 
     def download(self, shard: int, dest: str) -> tuple[int, str | None]:
         """Fetch shard whole to ``dest`` (written under a temporary name, renamed once it
         checks out). Returns (bytes fetched, None) or (bytes fetched, why it is unusable)."""
-        if is_local(self.fs):  # nothing to download: check the file where it is, link to it
+        if is_local(self.tar_fs):  # nothing to download: check the file where it is, link to it
             source = self.tar_path(shard)
             try:
                 reason = self._check(shard, source, os.path.getsize(source))
@@ -164,7 +174,7 @@ class ShardStore:
     def _get(self, shard: int, part: str) -> None:
         for attempt in range(DOWNLOAD_TRIES):
             try:
-                self.fs.get_file(self.tar_path(shard), part, **self._get_options())
+                self.tar_fs.get_file(self.tar_path(shard), part, **self._get_options())
                 return
             except FileNotFoundError:
                 raise
@@ -176,7 +186,8 @@ class ShardStore:
     def _get_options(self) -> dict:
         """gcsfs fetches objects over 100 MB as 4 concurrent 16 MiB ranges with up to 128 MiB
         buffered in memory; one streamed request keeps a loader process's memory flat."""
-        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
+        fs = self.tar_fs
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
         return {"concurrency": 1} if {"gs", "gcs"} & set(protocols) else {}
 
     def _check(self, shard: int, path: str, size: int) -> str | None:

@@ -27,8 +27,6 @@ from pipeline.data.transforms import EvalTransform, TrainTransform, normalize
 from pipeline.train.config import DataSection
 from pipeline.train.topology import gather
 
-GIB = 2**30
-
 
 def cache_dir(cfg: DataSection, url: str, split: str, rank: int) -> str:
     """This process's cache folder: one per (data, split, rank, process), so attempts and runs
@@ -127,15 +125,10 @@ class HeldOut:
         lo, hi = self._share(rank, world)
         rounds = math.ceil(math.ceil(self.count / world) / batch)  # rank 0's share: largest
         ids = np.arange(lo, hi)
-        shards = np.searchsorted(self._offsets, ids, side="right") - 1
-        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]]) if len(ids) else []
-        ends = np.r_[starts[1:], len(ids)] - 1 if len(ids) else []
-        uses = [Use(int(a) // batch, int(b) // batch, int(shards[a]))  # items are rounds
-                for a, b in zip(starts, ends, strict=True)]  # fmt: skip
         largest = int(self.store.table.bytes.max())
         directory = cache_dir(self.cfg, self.cfg.val, "val", rank)
-        cache = ShardCache(self.store, directory, sorted(uses), self.cfg.cache_bytes or 4 * largest,
-                           2, print).start()  # fmt: skip
+        cache = ShardCache(self.store, directory, self._uses(ids, batch),
+                           self.cfg.cache_bytes or 4 * largest, 2, print).start()  # fmt: skip
         reader = CachedShards(self.store, directory)
         res = self.transform.res
         try:
@@ -150,6 +143,16 @@ class HeldOut:
                 yield torch.stack([x[0] for x in loaded]), torch.tensor([x[1] for x in loaded])
         finally:
             cache.close()
+
+    def _uses(self, ids: np.ndarray, batch: int) -> list[Use]:
+        """Each shard of this share, from the first round that reads it to the last."""
+        if not len(ids):
+            return []
+        shards = np.searchsorted(self._offsets, ids, side="right") - 1
+        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
+        ends = np.r_[starts[1:], len(ids)] - 1
+        return [Use(int(a) // batch, int(b) // batch, int(shards[a]))
+                for a, b in zip(starts, ends, strict=True)]  # fmt: skip
 
     def _refs(self, ids: np.ndarray) -> list[tuple[int, int]]:
         shards = np.searchsorted(self._offsets, ids, side="right") - 1
