@@ -1,10 +1,14 @@
 """Remove near-duplicates of a reference set (ImageNet train+val) from a pretraining pool.
 
-    python jobs/dedup.py --reference SRC --pool SRC --out DIR [--threshold 0.90] [--view-side 0.85]
+    python jobs/dedup.py --reference SRC --pool SRC --out DIR [--index DIR] [--threshold 0.90]
+    ray job submit --working-dir . -- python jobs/dedup.py --reference gs://... --pool gs://... ...
 
-SRC is an image folder or a shard URL pattern (any fsspec URL: file, gs://, s3://). DIR gets the
-kept pool as shards + manifest, and duplicates.jsonl with one {"key", "source", "match", "score",
-"stage"} object per removed image. Ends with a one-line summary of the counts.
+SRC is an image folder or a shard URL pattern (any fsspec URL: file, gs://, s3://). The
+reference index is built once by Ray tasks into --index (default DIR/reference-index) and reused
+by later runs; a pool of Ray actors filters the pool shard by shard. DIR gets one kept shard per
+pool unit + a manifest, and duplicates.jsonl with one {"key", "source", "match", "score",
+"stage"} object per removed image. A re-run skips the units already done. Ends with a one-line
+summary of the counts.
 """
 
 from __future__ import annotations
@@ -29,8 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phash-max-distance", type=int, help="pHash Hamming threshold (bits)")
     parser.add_argument("--view-side", type=float, help="reference crop views' side; 0: none")
     parser.add_argument("--prefix", help="name prefix of the kept shards")
+    parser.add_argument("--index", help="reference index folder: built there once, then reused")
+    parser.add_argument("--search", choices=["auto", "exact", "ivf"], help="reference search")
+    parser.add_argument("--nprobe", type=int, help="IVF cells scanned per query")
+    parser.add_argument("--workers", type=int, help="pool actors (default: the cluster's CPUs)")
+    parser.add_argument("--images-per-unit", type=int, help="folder inputs: files per unit")
+    parser.add_argument("--serial", action="store_true", help="no Ray: every unit inline")
     args = parser.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "serial"}
+    if args.serial:
+        given["parallel"] = False
     run_dedup(build_config(DedupJobConfig, given))
     return 0
 

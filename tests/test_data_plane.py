@@ -1,9 +1,9 @@
 """The data plane at cluster scale, on gs:// (the GCS emulator behind a byte-counting proxy), in
 one Ray instance: ingest by Ray tasks is byte-identical to inline; every shard is downloaded
 once per epoch by the rank that owns it, at 1, 2 and 3 ranks with 0 and 2 loader workers;
-ray.data reads our shards; webdataset ShardWriter shards (img2dataset's layout) on gs:// are
-indexed in place by Ray tasks and trained on by Ray Train + DeepSpeed, also downloading each
-shard once."""
+ray.data reads our shards; the dedup job on Ray equals its serial run; webdataset ShardWriter
+shards (img2dataset's layout) on gs:// are indexed in place by Ray tasks and trained on by Ray
+Train + DeepSpeed, also downloading each shard once."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.data.demo_images import jpeg_bytes, render
+from pipeline.data.demo_set import DemoDataConfig, build_demo_data
+from pipeline.data.manifest import read_manifest
+from pipeline.dedup.job import DedupJobConfig, run_dedup
 from pipeline.ingest.inplace import IndexConfig, index_shards
 from pipeline.ingest.run import IngestConfig, ingest
 from pipeline.train.config import PretrainConfig
@@ -110,6 +113,8 @@ def test_one_epoch_on_gs_downloads_each_shard_once_at_any_world_size(tmp_path):
             rows = ray.data.read_webdataset("bucket/pool", filesystem=gcs, file_extensions=["tar"])
             assert rows.count() == manifest.num_samples
 
+            _dedup_on_ray_equals_serial(tmp_path)
+
             # img2dataset-layout shards on gs://, indexed in place by Ray tasks, then trained on.
             pattern = shardwriter_set(tmp_path / "laion", count=40, per_shard=10)
             for tar in sorted((tmp_path / "laion").glob("*.tar")):
@@ -141,3 +146,26 @@ def _pretrain(run_dir: Path) -> dict:
         "train.epochs=1", "train.global_batch=8", "train.micro_batch=2", "train.eval_every=0",
         "train.checkpoint_every=100", "train.log_every=1", f"run.dir={run_dir}"])  # fmt: skip
     return launch(cfg)
+
+
+def _dedup_on_ray_equals_serial(tmp: Path) -> None:
+    """The dedup job on Ray (reference tasks, a pool of actors, units finishing in any order)
+    gives the serial run's kept shards, manifest and audit, byte for byte."""
+    demo = build_demo_data(DemoDataConfig(out=str(tmp / "demo"), classes=4, train_per_class=6,
+                                          val_per_class=1, reference=16, planted=8, workers=1,
+                                          parallel_ingest=False))  # fmt: skip
+    runs = {}
+    for parallel in (True, False):
+        out = tmp / f"dedup-{parallel}"
+        runs[parallel] = out
+        run_dedup(DedupJobConfig(reference=str(demo / "raw" / "reference"),
+                                 pool=str(demo / "raw" / "train"), out=str(out), parallel=parallel,
+                                 images_per_unit=4), progress=False)  # fmt: skip
+    ray_run, serial = runs[True], runs[False]
+    assert (ray_run / "duplicates.jsonl").read_bytes() == (serial / "duplicates.jsonl").read_bytes()
+    assert (ray_run / "duplicates.jsonl").read_text().count("\n") >= 4  # the planted copies
+    kept = read_manifest(str(serial / "pool.manifest.json"))
+    assert read_manifest(str(ray_run / "pool.manifest.json")).model_dump(exclude={"settings"}) == \
+        kept.model_dump(exclude={"settings"})  # fmt: skip
+    for rec in kept.shards:
+        assert (ray_run / rec.name).read_bytes() == (serial / rec.name).read_bytes()

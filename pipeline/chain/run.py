@@ -90,8 +90,7 @@ def run_chain(cfg: ChainConfig) -> dict:
     else:
         shards = chain.data / "shards"
         run_dedup(DedupJobConfig(reference=str(shards / "reference" / "reference-*.tar"),
-                                 pool=str(shards / "train" / "train-*.tar"), out=str(chain.kept),
-                                 shard_bytes=2**20))  # fmt: skip
+                                 pool=str(shards / "train" / "train-*.tar"), out=str(chain.kept)))  # fmt: skip
 
     t = _stage(3, f"scaling sweep: {first.models} x {first.epochs} epochs")
     outcome = run_sweep(chain.sweep)

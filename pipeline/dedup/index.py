@@ -1,20 +1,24 @@
-"""Exact inner-product search over reference descriptors (brute force, chunked, float16 storage).
+"""Inner-product search over reference descriptors (float16 storage): exact (brute force,
+chunked), or approximate candidates from an IVF (`ann.py`) re-scored exactly.
 
-ImageNet train+val is 1,331,167 images: 1.33M x 256 float16 = 680 MB, small enough to search
-exhaustively, so there is no approximate index to tune or to miss a copy. Each search converts
-one block of references to float32 at a time and multiplies it with one block of queries, so the
-extra memory is bounded by the two block sizes, not by the number of references.
+ImageNet train+val is 1,331,167 images: 1.33M x 256 float16 = 680 MB, 4 GB with five crop views
+each. Exact search converts one block of references to float32 at a time and multiplies it with
+one block of queries, so its extra memory is bounded by the two block sizes. With an IVF, each
+query's nearest `CANDIDATES` vectors are re-scored from the same float16 rows, so the scores
+(and the decision) are exact; only a vector the IVF did not propose can be missed.
 
 Several vectors may describe one reference (views of it): `owners[i]` is the key index of vector
 i, and searches answer with key indices. Without owners, vector i belongs to key i.
 
-On disk: `vectors.safetensors` (the float16 matrix, and `owners` as int64 when given) and
-`keys.json` (the reference keys, in key order). Nothing is pickled.
+On disk: `vectors.safetensors` (the float16 matrix, and `owners` as int64 when given),
+`keys.json` (the reference keys, in key order) and, for an approximate index, `ivf.faiss`.
+Nothing is pickled.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 
 import fsspec
@@ -24,6 +28,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors
 
+from pipeline.dedup import ann
+from pipeline.dedup.ann import IVFCandidates
 from pipeline.storage import is_local
 
 FORMAT = "pipeline.dedup.ReferenceIndex/1"
@@ -55,6 +61,16 @@ class ReferenceIndex:
         self.keys = list(keys)
         self.owners = owners
         self.device = torch.device(device)
+        self.ann: IVFCandidates | None = None  # None: exact search
+
+    @property
+    def kind(self) -> str:
+        return "exact" if self.ann is None else "ivf"
+
+    def build_ivf(self, nlist: int | None = None, nprobe: int = ann.DEFAULT_NPROBE) -> None:
+        """Approximate candidates from now on (the vectors stay, for the exact re-scoring)."""
+        self.ann = IVFCandidates.build(self.vectors.cpu(), nlist)
+        self.ann.index.nprobe = self.ann.nprobe = nprobe
 
     @classmethod
     def build(
@@ -96,6 +112,8 @@ class ReferenceIndex:
         q = torch.as_tensor(queries, dtype=torch.float32).to(self.device)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must be (n, {self.dim}), got shape {tuple(q.shape)}")
+        if self.ann is not None:
+            return self._search_candidates(q, k)
         n = q.shape[0]
         scores = torch.full((n, k), float("-inf"))
         rows = torch.full((n, k), -1, dtype=torch.int64)
@@ -103,9 +121,30 @@ class ReferenceIndex:
             for qs in range(0, n, query_block):
                 s, r = self._search_block(q[qs : qs + query_block], k, ref_block)
                 scores[qs : qs + len(s)], rows[qs : qs + len(s)] = s.cpu(), r.cpu()
+        return self._finish(q, rows)
+
+    def _finish(self, q: torch.Tensor, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the chosen vectors again, in float64: a float32 matrix product's sums depend
+        on the thread count, and the audit (and a serial run against a Ray one) must not."""
+        if len(self) == 0:
+            return torch.full(rows.shape, float("-inf")).numpy(), rows.numpy()
+        picked = self.vectors[rows.clamp(min=0).to(self.device)].double()  # (n, k, dim)
+        scores = torch.einsum("nkd,nd->nk", picked, q.double()).float().cpu()
+        scores = torch.where(rows >= 0, scores, torch.tensor(float("-inf")))
         if self.owners is not None and len(self.owners):
             rows = torch.where(rows >= 0, self.owners[rows.clamp(min=0)], rows)
         return scores.numpy(), rows.numpy()
+
+    def _search_candidates(self, q: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The IVF's nearest vectors per query, re-scored from the float16 rows; top-k of them."""
+        rows = torch.from_numpy(self.ann.candidates(q.cpu().numpy(), max(k, ann.CANDIDATES)))
+        valid = rows >= 0
+        picked = self.vectors[rows.clamp(min=0).to(self.device)].float()  # (n, c, dim)
+        scores = torch.einsum("ncd,nd->nc", picked, q).cpu()
+        scores = torch.where(valid, scores, torch.tensor(float("-inf")))
+        # Best first; ties go to the lower row, as in the exact search.
+        order = torch.from_numpy(np.lexsort((rows.numpy(), -scores.numpy()))[..., :k].copy())
+        return self._finish(q, rows.gather(1, order))
 
     def _search_block(self, q: torch.Tensor, k: int, ref_block: int):
         best_s = torch.full((len(q), k), float("-inf"), device=self.device)
@@ -127,9 +166,9 @@ class ReferenceIndex:
             best_s, best_r = cand_s.gather(1, order), cand_r.gather(1, order)
         return best_s, best_r
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, storage_options: dict | None = None) -> None:
         """Write `path`/vectors.safetensors and `path`/keys.json (path: local dir or fsspec URL)."""
-        fs, root = fsspec.core.url_to_fs(path)
+        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
         fs.makedirs(root, exist_ok=True)
         meta = {"format": FORMAT, "count": str(len(self)), "dim": str(self.dim)}
         tensors = {"vectors": self.vectors.cpu()}
@@ -142,10 +181,20 @@ class ReferenceIndex:
                 f.write(save_safetensors(tensors, metadata=meta))
         with fs.open(f"{root}/{KEYS_FILE}", "w") as f:
             json.dump(self.keys, f)
+        if self.ann is not None:  # faiss writes local files: stage a remote one locally
+            with tempfile.TemporaryDirectory() as tmp:
+                local = f"{root}/{ann.FILE}" if is_local(fs) else f"{tmp}/{ann.FILE}"
+                self.ann.save(local)
+                if not is_local(fs):
+                    fs.put_file(local, f"{root}/{ann.FILE}")
+        elif fs.exists(f"{root}/{ann.FILE}"):
+            fs.rm(f"{root}/{ann.FILE}")
 
     @classmethod
-    def load(cls, path: str, device: str = "cpu") -> ReferenceIndex:
-        fs, root = fsspec.core.url_to_fs(path)
+    def load(
+        cls, path: str, device: str = "cpu", storage_options: dict | None = None
+    ) -> ReferenceIndex:
+        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
         if is_local(fs):  # memory-mapped read: no bytes copy of the file in memory
             tensors = load_file(f"{root}/{VECTORS_FILE}")
         else:
@@ -158,4 +207,9 @@ class ReferenceIndex:
             raise ValueError(f"{path!r} has no float16 'vectors' tensor; not a ReferenceIndex")
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ValueError(f"{path}/{KEYS_FILE} must hold a JSON list of strings")
-        return cls(vectors, keys, device, tensors.get("owners"))
+        out = cls(vectors, keys, device, tensors.get("owners"))
+        if fs.exists(f"{root}/{ann.FILE}"):
+            if not is_local(fs):
+                raise ValueError(f"{path!r}: load an approximate index from a local copy")
+            out.ann = IVFCandidates.load(f"{root}/{ann.FILE}")
+        return out

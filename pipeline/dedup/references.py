@@ -129,10 +129,39 @@ class ReferenceSet:
             view_side=view_side,
         )
 
-    def save(self, path: str) -> None:
-        fs, root = fsspec.core.url_to_fs(path)
+    @classmethod
+    def concat(cls, parts: Sequence[ReferenceSet]) -> ReferenceSet:
+        """One set from parts built apart (Ray tasks, one per unit), in order: the same set a
+        single build over all their records gives."""
+        if not parts:
+            raise ValueError("no reference parts to join")
+        keys = [k for p in parts for k in p.keys]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a reference key appears in two parts; keys must be unique")
+        views = parts[0].view_side
+        owners, offset = [], 0
+        for p in parts:
+            own = p.index.owners if p.index.owners is not None else torch.arange(len(p))
+            owners.append(own + offset)
+            offset += len(p)
+        return cls(
+            sources=[s for p in parts for s in p.sources],
+            sha256=_cat([p.sha256 for p in parts], (0, 32), np.uint8),
+            phash=_cat([p.phash for p in parts], (0,), np.uint64),
+            phash_ok=_cat([p.phash_ok for p in parts], (0,), bool),
+            index=ReferenceIndex(
+                torch.cat([p.index.vectors for p in parts]),
+                keys,
+                owners=torch.cat(owners) if views > 0 else None,
+            ),
+            undecodable=sum(p.undecodable for p in parts),
+            view_side=views,
+        )
+
+    def save(self, path: str, storage_options: dict | None = None) -> None:
+        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
         fs.makedirs(root, exist_ok=True)
-        self.index.save(f"{path.rstrip('/')}/index")
+        self.index.save(f"{path.rstrip('/')}/index", storage_options)
         tensors = {
             "sha256": torch.from_numpy(self.sha256),
             "phash": torch.from_numpy(self.phash.view(np.int64)),  # same 64 bits, signed type
@@ -151,8 +180,10 @@ class ReferenceSet:
             json.dump(meta, f)
 
     @classmethod
-    def load(cls, path: str, device: str = "cpu") -> ReferenceSet:
-        fs, root = fsspec.core.url_to_fs(path)
+    def load(
+        cls, path: str, device: str = "cpu", storage_options: dict | None = None
+    ) -> ReferenceSet:
+        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
         with fs.open(f"{root}/references.json") as f:
             meta = json.load(f)
         if meta.get("descriptor") != descriptor.VERSION:
@@ -162,7 +193,7 @@ class ReferenceSet:
             )
         with fs.open(f"{root}/hashes.safetensors", "rb") as f:
             tensors = load_safetensors(f.read())
-        index = ReferenceIndex.load(f"{path.rstrip('/')}/index", device=device)
+        index = ReferenceIndex.load(f"{path.rstrip('/')}/index", device, storage_options)
         out = cls(
             sources=list(meta["sources"]),
             sha256=tensors["sha256"].numpy(),
