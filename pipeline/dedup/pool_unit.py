@@ -114,6 +114,7 @@ def _encode(rec: SourceRecord, unit, labels, encode, samples, kept_labels, skipp
 def _write(unit, out_url, prefix, fingerprint, opts, samples, kept_labels, skipped, removed,
            counts) -> dict:  # fmt: skip
     fs, out = fsspec.core.url_to_fs(out_url, **opts)
+    fs.makedirs(f"{out}/audit", exist_ok=True)
     files = names(prefix, unit)
     tar, entries = build_tar(samples)
     for entry, label in zip(entries, kept_labels, strict=True):
