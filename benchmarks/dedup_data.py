@@ -1,9 +1,15 @@
-"""The near-duplicate benchmark set: references, planted copies and hard negatives.
+"""The near-duplicate benchmark sets: references, planted copies and hard negatives.
 
-Built only from the photographs that ship inside scikit-image (nothing is downloaded):
-references are crops of some photos; positives are edited copies of those crops (see
+`build`: the photographs that ship inside scikit-image (nothing is downloaded). References are
+crops of some photos; positives are edited copies of those crops (see
 `dedup_transforms.TRANSFORMS`); hard negatives are other crops of the same photos that overlap a
 reference by at most `MAX_NEG_OVERLAP`, plus crops of photos that have no reference at all.
+
+`build_real`: the same construction over real photographs and illustrations from Debian's
+wallpaper packages (`dedup_photos.py`), with the negatives that fool a luminance descriptor:
+smooth photos (sky, water, fog), flat illustrations and scikit-image's graphics, none of which
+has a copy in the pool, beside other crops of the copied photos. Most references are
+distractors (no copy of them in the pool), as most of ImageNet is for any pool.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
+from benchmarks import dedup_photos
 from benchmarks.dedup_transforms import NEGATIVE_TRANSFORMS, TRANSFORMS, encode
 
 # Every natural photograph bundled in the scikit-image wheel (no pooch download needed).
@@ -137,4 +144,88 @@ def build(seed: int = 0, negatives_per_photo: int = 4, held_out_crops: int = 6):
             for t in rng.choice(neg_names, size=2, replace=False):
                 data = NEGATIVE_TRANSFORMS[t](crop, rng)
                 pool.append(_pool_item(f"{name}/neg{i}/{t}", data, "neg:same_photo_crop"))
+    return refs, pool
+
+
+SKIMAGE_GRAPHICS = ("logo", "colorwheel", "horse")  # flat graphics: illustration negatives
+
+
+def _real_image(photo: dedup_photos.Photo) -> Image.Image:
+    if photo.package != "skimage":
+        return dedup_photos.load(photo)
+    array = getattr(skimage.data, photo.name)()
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    return Image.fromarray(array).convert("RGB")
+
+
+def _real_groups(rng: np.random.Generator) -> tuple[list, list, list]:
+    """Each kind shuffled and dealt into three groups: copied, distractor, held out."""
+    groups: tuple[list, list, list] = ([], [], [])
+    for kind in ("smooth", "textured", "illustration"):
+        photos = [p for p in dedup_photos.CATALOGUE if p.kind == kind]
+        if kind == "illustration":
+            photos += [dedup_photos.Photo(n, "skimage", n, kind) for n in SKIMAGE_GRAPHICS]
+        for j, i in enumerate(rng.permutation(len(photos))):
+            groups[j % 3].append(photos[i])
+    return groups
+
+
+def build_real(
+    seed: int = 0,
+    negatives_per_photo: int = 4,
+    held_out_crops: int = 20,
+    graphic_crops: int = 10,
+    distractors_per_photo: int = 20,
+):
+    """(reference items, pool items) of real photographs; seed 0 is held out (1-3: development).
+
+    Copied photos give two references each (and their copies in the pool, plus other crops of
+    the photo as negatives); illustrations are never copied. Distractor photos give references
+    only; held-out photos give pool negatives only (the whole image and crops of 30-80%)."""
+    rng = np.random.default_rng(seed + 1000)
+    refs: list[Item] = []
+    pool: list[Item] = []
+    neg_names = list(NEGATIVE_TRANSFORMS)
+    copied, distractor, held = _real_groups(rng)
+
+    def negative(key: str, image: Image.Image, label: str) -> None:
+        t = neg_names[int(rng.integers(len(neg_names)))]
+        pool.append(_pool_item(f"{key}/{t}", NEGATIVE_TRANSFORMS[t](image, rng), label))
+
+    for p in copied:
+        if p.kind == "illustration":
+            continue  # below, as distractor references
+        photo = _real_image(p)
+        w, h = photo.size
+        windows = reference_windows(rng, w, h)
+        for r, win in enumerate(windows):
+            crop = photo.crop(win)
+            source = f"ref:{p.name}/{r}"
+            refs.append(
+                Item(f"{p.name}/ref{r}", source, encode(crop, quality=95), "reference", None)
+            )
+            pool.append(_pool_item(f"{p.name}/ref{r}/exact", refs[-1].data, "exact_copy", source))
+            for t, fn in TRANSFORMS.items():
+                pool.append(_pool_item(f"{p.name}/ref{r}/{t}", fn(crop, rng), t, source))
+        for i, win in enumerate(negative_windows(rng, w, h, windows, negatives_per_photo)):
+            crop = photo.crop(win)
+            for t in rng.choice(neg_names, size=2, replace=False):
+                data = NEGATIVE_TRANSFORMS[t](crop, rng)
+                pool.append(_pool_item(f"{p.name}/neg{i}/{t}", data, "neg:same_photo_crop"))
+    for p in distractor + [p for p in copied if p.kind == "illustration"]:
+        photo = _real_image(p)
+        w, h = photo.size
+        for i in range(distractors_per_photo):
+            crop = photo.crop(_window(rng, w, h, 0.4, 0.9))
+            refs.append(Item(f"{p.name}/d{i}", f"ref:{p.name}/d{i}", encode(crop, quality=95),
+                             "reference", None))  # fmt: skip
+    for p in held:
+        photo = _real_image(p)
+        w, h = photo.size
+        illustration = p.kind == "illustration"
+        label = "neg:other_illustration" if illustration else f"neg:other_{p.kind}_photo"
+        negative(f"{p.name}/whole", photo, label)
+        for i in range((graphic_crops if illustration else held_out_crops) - 1):
+            negative(f"{p.name}/other{i}", photo.crop(_window(rng, w, h, 0.3, 0.8)), label)
     return refs, pool

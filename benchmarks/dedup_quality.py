@@ -1,7 +1,9 @@
-"""Near-duplicate filter quality on copies of scikit-image's photographs (benchmarks/dedup_data.py).
+"""Near-duplicate filter quality on planted copies and hard negatives (benchmarks/dedup_data.py):
+scikit-image's photographs, and real photographs with smooth and illustrated hard negatives.
 
-    python -m benchmarks.dedup_quality              # seed 0 (held out), markdown tables, ~20 s
-    python -m benchmarks.dedup_quality --seed 1     # seeds 1 and 2 were used to pick thresholds
+    python -m benchmarks.dedup_quality                  # both sets, seed 0 (held out), ~60 s
+    python -m benchmarks.dedup_quality --set real       # one set
+    python -m benchmarks.dedup_quality --seed 1         # seeds 1-3 were used to pick thresholds
 
 Precision counts every removal of a planted copy as correct (the audit's `match` can still name
 the other reference cut from the same photo: reported as `wrong_match`); recall is per transform.
@@ -17,11 +19,12 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.dedup_data import Item, build
+from benchmarks.dedup_data import Item, build, build_real
 from pipeline.dedup import DedupConfig, DedupFilter, ReferenceSet, describe, mirror
 from pipeline.dedup.features import Record, decode_batch
 
-SWEEP = (0.70, 0.75, 0.78, 0.80, 0.82, 0.84, 0.85, 0.86, 0.88, 0.90, 0.92, 0.95)
+SETS = {"skimage": build, "real": build_real}
+SWEEP = (0.60, 0.65, 0.70, 0.75, 0.78, 0.80, 0.82, 0.84, 0.85, 0.86, 0.88, 0.90, 0.92, 0.95)
 PHASH_SWEEP = (0, 2, 4, 6, 8, 10, 12, 16)
 
 
@@ -81,12 +84,14 @@ def _throughput(pool: list[Item], repeats: int = 3) -> dict:
     }
 
 
-def _unrelated_pairs(refs: list[Item], pool: list[Item], t: float):
-    """Cosines between images cut from different photographs: the null the threshold must clear."""
+def _unrelated_pairs(refs: list[Item], pool: list[Item], t: float, references: ReferenceSet):
+    """Cosines between images cut from different photographs: the null the threshold must clear
+    (descriptors whitened as the filter's are)."""
+    white = references.index.whitening
     decoded = decode_batch(_records(pool))
-    vectors = describe(decoded.thumbs)
+    vectors = white.apply(describe(decoded.thumbs))
     names = [pool[i].key.split("/")[0] for i in decoded.rows]
-    ref_vectors = describe(decode_batch(_records(refs)).thumbs)  # whole images, not crop views
+    ref_vectors = white.apply(describe(decode_batch(_records(refs)).thumbs))  # not crop views
     x = np.concatenate([ref_vectors, vectors])
     photo = np.array([r.key.split("/")[0] for r in refs] + names)
     sims = np.maximum(x @ x.T, mirror(x) @ x.T)
@@ -101,13 +106,22 @@ def _unrelated_pairs(refs: list[Item], pool: list[Item], t: float):
     }
 
 
-def run(seed: int = 0, config: DedupConfig | None = None) -> dict:
-    config = config or DedupConfig()
-    start = time.perf_counter()
-    refs, pool = build(seed)
+def evaluate(refs: list[Item], pool: list[Item], config: DedupConfig):
+    """The filter at `config` over one set: (references, report, {key: audit}, overall)."""
     references = ReferenceSet.build(_records(refs), view_side=config.view_side)
     report = DedupFilter(references, config).run(_records(pool))
     removed = {r["key"]: r for r in report.removed}
+    return references, report, removed, _metrics(pool, removed)
+
+
+def run(seed: int = 0, config: DedupConfig | None = None, photos: str | None = None) -> dict:
+    """One set (`photos`: skimage or real) at one seed; both sets (seed 0) when photos is None."""
+    if photos is None:
+        return {name: run(seed, config, name) for name in SETS}
+    config = config or DedupConfig()
+    start = time.perf_counter()
+    refs, pool = SETS[photos](seed)
+    references, report, removed, overall = evaluate(refs, pool, config)
 
     # Scores for the sweeps: each stage alone, at a threshold that lets everything through.
     exact = {r["key"] for r in report.removed if r["stage"] == "exact"}
@@ -131,6 +145,7 @@ def run(seed: int = 0, config: DedupConfig | None = None) -> dict:
     ]
     negatives = [p for p in pool if not p.truth]
     return {
+        "set": photos,
         "seed": seed,
         "references": len(refs),
         "pool": len(pool),
@@ -139,7 +154,7 @@ def run(seed: int = 0, config: DedupConfig | None = None) -> dict:
         "phash_max_distance": config.phash_max_distance,
         "embedding_threshold": config.embedding_threshold,
         "counts": report.counts,
-        "overall": _metrics(pool, removed),
+        "overall": overall,
         "per_label": _per_label(pool, removed),
         "embedding_sweep": sweep,
         "phash_sweep": phash_only,
@@ -149,7 +164,7 @@ def run(seed: int = 0, config: DedupConfig | None = None) -> dict:
         "closest_negative_phash": min(
             (dist[p.key] for p in negatives if p.key in dist), default=64
         ),
-        "unrelated_pairs": _unrelated_pairs(refs, pool, config.embedding_threshold),
+        "unrelated_pairs": _unrelated_pairs(refs, pool, config.embedding_threshold, references),
         "throughput": _throughput(pool),
         "seconds": time.perf_counter() - start,
     }
@@ -158,7 +173,7 @@ def run(seed: int = 0, config: DedupConfig | None = None) -> dict:
 def markdown(result: dict) -> str:
     o = result["overall"]
     lines = [
-        f"seed {result['seed']}: {result['references']} references, {result['positives']} copies,"
+        f"{result['set']} set, seed {result['seed']}: {result['references']} references, {result['positives']} copies,"
         f" {result['negatives']} negatives; pHash <= {result['phash_max_distance']},"
         f" cosine >= {result['embedding_threshold']}",
         "",
@@ -206,14 +221,16 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, action="append", help="repeatable; default 0")
+    parser.add_argument("--set", choices=sorted(SETS), action="append", help="default: both")
     parser.add_argument("--view-side", type=float, help="reference crop views (0: none)")
     parser.add_argument("--threshold", type=float, help="embedding cosine threshold")
     args = parser.parse_args()
     update = {"view_side": args.view_side, "embedding_threshold": args.threshold}
     config = DedupConfig(**{k: v for k, v in update.items() if v is not None})
-    for seed in args.seed or [0]:
-        print(markdown(run(seed, config)))
-        print()
+    for photos in args.set or list(SETS):
+        for seed in args.seed or [0]:
+            print(markdown(run(seed, config, photos)))
+            print()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from benchmarks import (
     data_plane,
     dedup_index,
     dedup_quality,
+    dedup_scale,
     loader,
     model_step,
     scaling_fit,
@@ -33,6 +34,7 @@ BENCHMARKS = {
     "data_plane": data_plane.run,
     "dedup_quality": dedup_quality.run,
     "dedup_index": dedup_index.run,
+    "dedup_scale": dedup_scale.run,  # 1.33M references x 6 vectors: ~15 min, ~12 GB
     "zero_step": zero_step.run,
     "scaling_fit": scaling_fit.run,
     "sweep_overhead": sweep_overhead.run,

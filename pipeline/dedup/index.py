@@ -7,11 +7,15 @@ one block of queries, so its extra memory is bounded by the two block sizes. Wit
 query's nearest `CANDIDATES` vectors are re-scored from the same float16 rows, so the scores
 (and the decision) are exact; only a vector the IVF did not propose can be missed.
 
+With a `whitening` (`whitening.py`, fitted on the reference vectors by `whiten()`), the stored
+vectors are whitened and `search` whitens its queries the same way.
+
 Several vectors may describe one reference (views of it): `owners[i]` is the key index of vector
 i, and searches answer with key indices. Without owners, vector i belongs to key i.
 
-On disk: `vectors.safetensors` (the float16 matrix, and `owners` as int64 when given),
-`keys.json` (the reference keys, in key order) and, for an approximate index, `ivf.faiss`.
+On disk: `vectors.safetensors` (the float16 matrix, `owners` as int64 when given, the
+whitening's mean and matrix in float64 when fitted), `keys.json` (the reference keys, in key
+order) and, for an approximate index, `ivf.faiss`.
 Nothing is pickled.
 """
 
@@ -30,9 +34,10 @@ from safetensors.torch import save as save_safetensors
 
 from pipeline.dedup import ann
 from pipeline.dedup.ann import IVFCandidates
+from pipeline.dedup.whitening import Whitening
 from pipeline.storage import is_local
 
-FORMAT = "pipeline.dedup.ReferenceIndex/1"
+FORMAT = "pipeline.dedup.ReferenceIndex/2"
 VECTORS_FILE = "vectors.safetensors"
 KEYS_FILE = "keys.json"
 
@@ -62,6 +67,18 @@ class ReferenceIndex:
         self.owners = owners
         self.device = torch.device(device)
         self.ann: IVFCandidates | None = None  # None: exact search
+        self.whitening: Whitening | None = None  # None: vectors and queries used as given
+
+    def whiten(self) -> None:
+        """Fit the whitening on these vectors and whiten them in place (before any IVF)."""
+        if self.whitening is not None or self.ann is not None:
+            raise ValueError("whiten() once, before build_ivf()")
+        # Rows by owner (stable: image, then its views): the order whatever parts built them.
+        order = None if self.owners is None else np.argsort(self.owners.numpy(), kind="stable")
+        self.whitening = Whitening.fit(self.vectors.cpu(), order)
+        vectors = self.vectors.cpu()
+        self.whitening.apply_(vectors)
+        self.vectors = vectors.to(self.device)
 
     @property
     def kind(self) -> str:
@@ -109,9 +126,12 @@ class ReferenceIndex:
         Peak extra memory ~ 4 * (query_block * ref_block + ref_block * dim) bytes: 160 MB at the
         defaults, whatever the number of references. Rows beyond the index hold -inf / -1.
         """
-        q = torch.as_tensor(queries, dtype=torch.float32).to(self.device)
+        q = torch.as_tensor(queries, dtype=torch.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must be (n, {self.dim}), got shape {tuple(q.shape)}")
+        if self.whitening is not None:
+            q = torch.from_numpy(self.whitening.apply(q.numpy()))
+        q = q.to(self.device)
         if self.ann is not None:
             return self._search_candidates(q, k)
         n = q.shape[0]
@@ -174,6 +194,8 @@ class ReferenceIndex:
         tensors = {"vectors": self.vectors.cpu()}
         if self.owners is not None:
             tensors["owners"] = self.owners
+        if self.whitening is not None:
+            tensors.update(self.whitening.tensors())
         if is_local(fs):  # streams to disk: no second in-memory copy of the matrix
             save_file(tensors, f"{root}/{VECTORS_FILE}", metadata=meta)
         else:
@@ -208,6 +230,7 @@ class ReferenceIndex:
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ValueError(f"{path}/{KEYS_FILE} must hold a JSON list of strings")
         out = cls(vectors, keys, device, tensors.get("owners"))
+        out.whitening = Whitening.from_tensors(tensors)
         if fs.exists(f"{root}/{ann.FILE}"):
             if not is_local(fs):
                 raise ValueError(f"{path!r}: load an approximate index from a local copy")

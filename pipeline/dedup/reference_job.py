@@ -21,9 +21,9 @@ import fsspec
 from tqdm import tqdm
 
 from pipeline.config import UserError
-from pipeline.dedup import ann, descriptor
+from pipeline.dedup import ann
 from pipeline.dedup.features import Record
-from pipeline.dedup.references import ReferenceSet
+from pipeline.dedup.references import VECTORS_VERSION, ReferenceSet
 from pipeline.dedup.units import Unit, unit_records
 from pipeline.storage import atomic_write, is_local
 
@@ -31,7 +31,7 @@ JOB_FILE = "job.json"
 
 
 def identity(reference: str, view_side: float) -> dict:
-    return {"reference": reference, "descriptor": descriptor.VERSION, "view_side": view_side}
+    return {"reference": reference, "descriptor": VECTORS_VERSION, "view_side": view_side}
 
 
 def existing(index_url: str, reference: str, view_side: float, opts: dict) -> dict | None:
@@ -56,7 +56,7 @@ def existing(index_url: str, reference: str, view_side: float, opts: dict) -> di
 def reference_part(unit: Unit, opts: dict, view_side: float) -> ReferenceSet:
     """Every reference feature of one unit (a Ray task, or inline)."""
     records = (Record(r.key, r.source, r.data) for r in unit_records(unit, opts))
-    return ReferenceSet.build(records, view_side=view_side)
+    return ReferenceSet.build(records, view_side=view_side, whiten=False)
 
 
 def ensure_index(

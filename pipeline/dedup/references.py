@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
-from pipeline.dedup import descriptor
+from pipeline.dedup import descriptor, whitening
 from pipeline.dedup.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup.features import (
     DEFAULT_VIEW_SIDE,
@@ -31,6 +31,9 @@ from pipeline.dedup.features import (
     sha256_digests,
 )
 from pipeline.dedup.index import ReferenceIndex
+
+# What the stored vectors are: descriptors of this recipe, whitened against the reference set.
+VECTORS_VERSION = f"{descriptor.VERSION}+{whitening.VERSION}"
 
 
 @dataclass
@@ -78,8 +81,10 @@ class ReferenceSet:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = False,
         view_side: float = DEFAULT_VIEW_SIDE,
+        whiten: bool = True,
     ) -> ReferenceSet:
-        """view_side > 0 adds five crop views per reference (features.crop_views) to the index."""
+        """view_side > 0 adds five crop views per reference (features.crop_views) to the index.
+        whiten=False leaves the vectors raw: a part to `concat`, which whitens the whole set."""
         keys: list[str] = []
         sources: list[str] = []
         digests, hashes, ok, vectors, owners = [], [], [], [], []
@@ -115,7 +120,7 @@ class ReferenceSet:
         bar.close()
         if progress:
             print(f"reference set: {len(keys)} images, {undecodable} undecodable")
-        return cls(
+        out = cls(
             sources=sources,
             sha256=_cat(digests, (0, 32), np.uint8),
             phash=_cat(hashes, (0,), np.uint64),
@@ -128,13 +133,18 @@ class ReferenceSet:
             undecodable=undecodable,
             view_side=view_side,
         )
+        if whiten:
+            out.index.whiten()
+        return out
 
     @classmethod
     def concat(cls, parts: Sequence[ReferenceSet]) -> ReferenceSet:
-        """One set from parts built apart (Ray tasks, one per unit), in order: the same set a
-        single build over all their records gives."""
+        """One set from raw parts built apart (Ray tasks, one per unit, `whiten=False`), in
+        order, whitened as a whole: the same set a single build over all their records gives."""
         if not parts:
             raise ValueError("no reference parts to join")
+        if any(p.index.whitening is not None for p in parts):
+            raise ValueError("join raw parts (build(..., whiten=False)); the join whitens")
         keys = [k for p in parts for k in p.keys]
         if len(set(keys)) != len(keys):
             raise ValueError("a reference key appears in two parts; keys must be unique")
@@ -144,7 +154,7 @@ class ReferenceSet:
             own = p.index.owners if p.index.owners is not None else torch.arange(len(p))
             owners.append(own + offset)
             offset += len(p)
-        return cls(
+        out = cls(
             sources=[s for p in parts for s in p.sources],
             sha256=_cat([p.sha256 for p in parts], (0, 32), np.uint8),
             phash=_cat([p.phash for p in parts], (0,), np.uint64),
@@ -157,6 +167,8 @@ class ReferenceSet:
             undecodable=sum(p.undecodable for p in parts),
             view_side=views,
         )
+        out.index.whiten()
+        return out
 
     def save(self, path: str, storage_options: dict | None = None) -> None:
         fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
@@ -170,7 +182,7 @@ class ReferenceSet:
         with fs.open(f"{root}/hashes.safetensors", "wb") as f:
             f.write(save_safetensors(tensors))
         meta = {
-            "descriptor": descriptor.VERSION,
+            "descriptor": VECTORS_VERSION,
             "count": len(self),
             "undecodable": self.undecodable,
             "view_side": self.view_side,
@@ -186,10 +198,10 @@ class ReferenceSet:
         fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
         with fs.open(f"{root}/references.json") as f:
             meta = json.load(f)
-        if meta.get("descriptor") != descriptor.VERSION:
+        if meta.get("descriptor") != VECTORS_VERSION:
             raise ValueError(
                 f"{path!r} was built with descriptor {meta.get('descriptor')!r}, this code computes"
-                f" {descriptor.VERSION!r}; rebuild the reference set"
+                f" {VECTORS_VERSION!r}; rebuild the reference set"
             )
         with fs.open(f"{root}/hashes.safetensors", "rb") as f:
             tensors = load_safetensors(f.read())
