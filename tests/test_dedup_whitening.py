@@ -65,6 +65,7 @@ def test_parts_joined_equal_one_build_bit_for_bit(tmp_path):
     whole = ReferenceSet.build(refs)
     joined = ReferenceSet.concat([ReferenceSet.build(refs[:3], whiten=False),
                                   ReferenceSet.build(refs[3:], whiten=False)])  # fmt: skip
+
     # Rows are grouped per build chunk (images, then views); by reference they are the same.
     def by_reference(index):
         return index.vectors[torch.argsort(index.owners, stable=True)]
