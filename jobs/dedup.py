@@ -1,6 +1,6 @@
 """Remove near-duplicates of a reference set (ImageNet train+val) from a pretraining pool.
 
-    python jobs/dedup.py --reference SRC --pool SRC --out DIR [--index DIR] [--threshold 0.90]
+    python jobs/dedup.py --reference SRC --pool SRC --out DIR [--index DIR] [--threshold 0.75]
     ray job submit --working-dir . -- python jobs/dedup.py --reference gs://... --pool gs://... ...
 
 SRC is an image folder or a shard URL pattern (any fsspec URL: file, gs://, s3://). The
