@@ -136,8 +136,8 @@ class HammingIndex:
             parts = [order[lo[i] : hi[i]] for order, lo, hi in spans if hi[i] > lo[i]]
             if not parts:
                 continue
-            cand = np.unique(np.concatenate(parts))  # sorted: ties go to the lowest index
+            cand = np.concatenate(parts)  # a reference in two tables is counted twice: harmless
             dist = popcount64(np.bitwise_xor(self.hashes[cand], q))
-            j = int(dist.argmin())
-            best_idx[i], best_dist[i] = cand[j], dist[j]
+            low = dist.min()
+            best_idx[i], best_dist[i] = cand[dist == low].min(), low  # ties: the lowest index
         return best_idx, best_dist
