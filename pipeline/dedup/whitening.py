@@ -2,11 +2,12 @@
 
 Raw descriptors of unrelated low-texture images (sky, water, gradients, flat illustrations) all
 sit near one point: their cosines are high, and a copy's cosine is not much higher. Whitening
-subtracts the background mean and scales each principal direction by (shrunk variance)^-power, so directions every image shares weigh little and the ones that tell
-images apart weigh more (SSCD, Pizzi et al. 2022, whiten against a background set the same way).
-The background is the reference set: for the pool filter it is the distribution to tell apart
-(ImageNet), it is on hand when the index is built, and it needs no extra data. Shrinkage keeps
-the transform well conditioned, and near plain centring for small reference sets (docs/dedup.md, "Whitening").
+subtracts the background mean and scales each principal direction by (shrunk variance)^-power,
+so directions every image shares weigh little and the ones that tell images apart weigh more
+(SSCD, Pizzi et al. 2022, whiten against a background set the same way). The background is the
+reference set: for the pool filter it is the distribution to tell apart (ImageNet), it is on
+hand when the index is built, and it needs no extra data. Shrinkage keeps the transform well
+conditioned, and near plain centring for small reference sets (docs/dedup.md, "Whitening").
 
 The fit is mirror-closed (every vector and its mirror), so whitening commutes with
 `descriptor.mirror`. Zero vectors (undecodable or flat images) stay zero: they never match.
