@@ -63,6 +63,20 @@ def test_dedup_job_writes_kept_shards_and_audit(mini_demo, tmp_path):
     assert result.manifest == kept
 
 
+def test_the_job_on_an_approximate_index_decides_as_exact_search(mini_demo, tmp_path):
+    """search=ivf (forced on a small set): the mirror-symmetric IVF is built into the index
+    folder, loaded back by the pool side, and every decision equals exact search's."""
+    raw = mini_demo / "raw"
+    audits = {}
+    for search in ("exact", "ivf"):
+        out = tmp_path / search
+        run_dedup(DedupJobConfig(reference=str(raw / "reference"), pool=str(raw / "train"),
+                                 out=str(out), parallel=False, search=search), progress=False)  # fmt: skip
+        audits[search] = [(r["source"], r["match"], r["stage"]) for r in _audit(out)]
+    assert (tmp_path / "ivf" / "reference-index" / "index" / "ivf.faiss").exists()
+    assert audits["ivf"] == audits["exact"] and audits["exact"]
+
+
 def _kill_mid_run(argv: list[str], markers: Path, after: int) -> None:
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
