@@ -115,6 +115,26 @@ def _pool_item(key: str, data: bytes, label: str, truth: str | None = None) -> I
     return Item(key, f"pool:{key}", data, label, truth)
 
 
+def _copies_of(name: str, photo: Image.Image, rng, refs: list, pool: list, negatives: int) -> None:
+    """A copied photo: two reference crops, each with its exact copy and edited copies in the
+    pool, and other crops of the photo as same-photo hard negatives."""
+    w, h = photo.size
+    neg_names = list(NEGATIVE_TRANSFORMS)
+    windows = reference_windows(rng, w, h)
+    for r, win in enumerate(windows):
+        crop = photo.crop(win)
+        source = f"ref:{name}/{r}"
+        refs.append(Item(f"{name}/ref{r}", source, encode(crop, quality=95), "reference", None))
+        pool.append(_pool_item(f"{name}/ref{r}/exact", refs[-1].data, "exact_copy", source))
+        for t, fn in TRANSFORMS.items():
+            pool.append(_pool_item(f"{name}/ref{r}/{t}", fn(crop, rng), t, source))
+    for i, win in enumerate(negative_windows(rng, w, h, windows, negatives)):
+        crop = photo.crop(win)
+        for t in rng.choice(neg_names, size=2, replace=False):
+            data = NEGATIVE_TRANSFORMS[t](crop, rng)
+            pool.append(_pool_item(f"{name}/neg{i}/{t}", data, "neg:same_photo_crop"))
+
+
 def build(seed: int = 0, negatives_per_photo: int = 4, held_out_crops: int = 6):
     """(reference items, pool items). Pool keys are unique; labels say what each item is."""
     rng = np.random.default_rng(seed)
@@ -131,19 +151,7 @@ def build(seed: int = 0, negatives_per_photo: int = 4, held_out_crops: int = 6):
                 data = NEGATIVE_TRANSFORMS[t](crop, rng)
                 pool.append(_pool_item(f"{name}/other{i}/{t}", data, "neg:other_photo"))
             continue
-        windows = reference_windows(rng, w, h)
-        for r, win in enumerate(windows):
-            crop = photo.crop(win)
-            source = f"ref:{name}/{r}"
-            refs.append(Item(f"{name}/ref{r}", source, encode(crop, quality=95), "reference", None))
-            pool.append(_pool_item(f"{name}/ref{r}/exact", refs[-1].data, "exact_copy", source))
-            for t, fn in TRANSFORMS.items():
-                pool.append(_pool_item(f"{name}/ref{r}/{t}", fn(crop, rng), t, source))
-        for i, win in enumerate(negative_windows(rng, w, h, windows, negatives_per_photo)):
-            crop = photo.crop(win)
-            for t in rng.choice(neg_names, size=2, replace=False):
-                data = NEGATIVE_TRANSFORMS[t](crop, rng)
-                pool.append(_pool_item(f"{name}/neg{i}/{t}", data, "neg:same_photo_crop"))
+        _copies_of(name, photo, rng, refs, pool, negatives_per_photo)
     return refs, pool
 
 
@@ -196,23 +204,7 @@ def build_real(
     for p in copied:
         if p.kind == "illustration":
             continue  # below, as distractor references
-        photo = _real_image(p)
-        w, h = photo.size
-        windows = reference_windows(rng, w, h)
-        for r, win in enumerate(windows):
-            crop = photo.crop(win)
-            source = f"ref:{p.name}/{r}"
-            refs.append(
-                Item(f"{p.name}/ref{r}", source, encode(crop, quality=95), "reference", None)
-            )
-            pool.append(_pool_item(f"{p.name}/ref{r}/exact", refs[-1].data, "exact_copy", source))
-            for t, fn in TRANSFORMS.items():
-                pool.append(_pool_item(f"{p.name}/ref{r}/{t}", fn(crop, rng), t, source))
-        for i, win in enumerate(negative_windows(rng, w, h, windows, negatives_per_photo)):
-            crop = photo.crop(win)
-            for t in rng.choice(neg_names, size=2, replace=False):
-                data = NEGATIVE_TRANSFORMS[t](crop, rng)
-                pool.append(_pool_item(f"{p.name}/neg{i}/{t}", data, "neg:same_photo_crop"))
+        _copies_of(p.name, _real_image(p), rng, refs, pool, negatives_per_photo)
     for p in distractor + [p for p in copied if p.kind == "illustration"]:
         photo = _real_image(p)
         w, h = photo.size

@@ -47,6 +47,26 @@ def random_unit_vectors(n: int, dim: int, seed: int = 0, chunk: int = 1 << 17) -
     return out
 
 
+def with_real_rows(index: ReferenceIndex, real: ReferenceSet) -> ReferenceSet:
+    """A set over `index` whose first rows are `real`'s (whole-image and view rows, keys and
+    sources), with random digests and pHashes for the synthetic rest."""
+    k, n, m = len(real), len(index.keys), len(real.index)
+    index.vectors[:m] = real.index.vectors
+    if index.owners is not None:
+        index.owners[:m] = real.index.owners
+    index.keys[:k] = real.keys
+    rng = np.random.default_rng(0)
+    return ReferenceSet(
+        sources=real.sources + index.keys[k:],
+        sha256=np.concatenate([real.sha256, rng.integers(0, 256, (n - k, 32), dtype=np.uint8)]),
+        phash=np.concatenate([real.phash, rng.integers(0, 2**63, n - k).astype(np.uint64)]),
+        phash_ok=np.concatenate([real.phash_ok, np.ones(n - k, dtype=bool)]),
+        index=index,
+        undecodable=0,
+        view_side=real.view_side,
+    )
+
+
 def _filter_throughput(index: ReferenceIndex) -> dict:
     """The whole filter on the quality benchmark's pool (seed 0) against 1.33M references.
 
@@ -55,20 +75,7 @@ def _filter_throughput(index: ReferenceIndex) -> dict:
     """
     refs, pool = build(0)
     real = ReferenceSet.build([Record(r.key, r.source, r.data) for r in refs])
-    k, n, m = len(real), len(index.keys), len(real.index)
-    index.vectors[:m] = real.index.vectors  # the real references' whole-image and view rows
-    if index.owners is not None:
-        index.owners[:m] = real.index.owners
-    index.keys[:k] = real.keys
-    rng = np.random.default_rng(0)
-    references = ReferenceSet(
-        sources=real.sources + index.keys[k:],
-        sha256=np.concatenate([real.sha256, rng.integers(0, 256, (n - k, 32), dtype=np.uint8)]),
-        phash=np.concatenate([real.phash, rng.integers(0, 2**63, n - k).astype(np.uint64)]),
-        phash_ok=np.concatenate([real.phash_ok, np.ones(n - k, dtype=bool)]),
-        index=index,
-        undecodable=0,
-    )
+    references = with_real_rows(index, real)
     records = [Record(p.key, p.source, p.data) for p in pool]
     start = time.perf_counter()
     filt = DedupFilter(references)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks.dedup_data import PHOTOS, build, load_photo
+from benchmarks.dedup_index import with_real_rows
 from pipeline.dedup import ReferenceSet, ann, descriptor
 from pipeline.dedup.features import VIEW_ANCHORS, Record
 from pipeline.dedup.filter import DEFAULT_EMBEDDING_THRESHOLD, DedupConfig, DedupFilter
@@ -157,18 +158,7 @@ def _index_with_real_rows(index: ReferenceIndex, n: int) -> tuple[ReferenceSet, 
     real = ReferenceSet.build([Record(r.key, r.source, r.data) for r in refs], whiten=False)
     real.index.whitening = index.whitening
     index.whitening.apply_(real.index.vectors)
-    k, m = len(real), len(real.index)
-    index.vectors[:m] = real.index.vectors
-    index.owners[:m] = real.index.owners
-    index.keys[:k] = real.keys
-    rng = np.random.default_rng(0)
-    big = ReferenceSet(
-        sources=real.sources + index.keys[k:],
-        sha256=np.concatenate([real.sha256, rng.integers(0, 256, (n - k, 32), dtype=np.uint8)]),
-        phash=np.concatenate([real.phash, rng.integers(0, 2**63, n - k).astype(np.uint64)]),
-        phash_ok=np.concatenate([real.phash_ok, np.ones(n - k, dtype=bool)]),
-        index=index, undecodable=0, view_side=real.view_side,
-    )  # fmt: skip
+    big = with_real_rows(index, real)
     return big, real, pool
 
 
