@@ -22,3 +22,26 @@ def tiny_data(tmp_path_factory) -> Path:
     cfg = DemoDataConfig(out=str(out), classes=4, train_per_class=10, val_per_class=4,
                          reference=4, planted=0, size=40, workers=1, parallel_ingest=False)  # fmt: skip
     return build_demo_data(cfg) / "shards"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Stops the shared cluster (if one started) when the session ends; module-scoped fixtures
+    that submit jobs depend on this and call `tests.ray_head.shared_cluster()` themselves."""
+    from tests.ray_head import ray_stop
+
+    yield
+    ray_stop()
+
+
+@pytest.fixture
+def ray_cluster(ray_session, monkeypatch):
+    """The session's loopback cluster (tests/ray_head.py: started once, again only if a test
+    stopped Ray). Jobs started from here, in this process or in subprocesses, connect to it
+    through RAY_ADDRESS. Yields the job API's address and the env for the `ray` CLI."""
+    from tests.ray_head import shared_cluster
+
+    gcs, jobs, env = shared_cluster()
+    monkeypatch.setenv("RAY_ADDRESS", gcs)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    yield jobs, env

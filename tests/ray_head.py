@@ -20,7 +20,14 @@ from pipeline.train.spawn import free_port
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+# The session's shared cluster (see `shared_cluster`): (GCS address, job API address, env).
+_shared: tuple[str, str, dict] | None = None
+
+
 def ray_stop() -> None:
+    """Stops every Ray process on this machine, the shared cluster's too (restarted on next use)."""
+    global _shared
+    _shared = None
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
@@ -68,3 +75,19 @@ def loopback_head(
         yield address, env
     finally:
         ray_stop()
+
+
+def shared_cluster() -> tuple[str, str, dict]:
+    """One loopback cluster for the session's end-to-end tests, started on first use: a head
+    offering 2 CPUs and a worker node (127.0.0.2) offering 1. Each Ray start costs ~25 s on
+    these machines; jobs connect to this one through RAY_ADDRESS, as drivers do under
+    `ray job submit`. PACK placement (the default) puts a 2-worker run on the head; STRICT_SPREAD
+    puts one worker on each node. Returns (the GCS address, the job API's address, the env)."""
+    global _shared
+    if _shared is None:
+        env = token_env()
+        ray_stop()
+        port, jobs = start_head(env, "127.0.0.1", 2)
+        start_node(env, f"127.0.0.1:{port}", "127.0.0.2", 1)
+        _shared = (f"127.0.0.1:{port}", jobs, env)
+    return _shared

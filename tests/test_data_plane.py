@@ -81,14 +81,14 @@ def _rank_actor():
 
 
 @pytest.mark.e2e
-def test_one_epoch_on_gs_downloads_each_shard_once_at_any_world_size(tmp_path):
+def test_one_epoch_on_gs_downloads_each_shard_once_at_any_world_size(tmp_path, ray_cluster):
     import ray
 
     with gcs_emulator("bucket") as opts, faulty_proxy(os.environ["STORAGE_EMULATOR_HOST"],
                                                       fail_every=0) as (proxy, counts):  # fmt: skip
         env = {"STORAGE_EMULATOR_HOST": proxy, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": {**env, "PYTHONPATH": str(ROOT)}}, log_to_driver=False)  # fmt: skip
+        # The session's cluster (RAY_ADDRESS); this job's workers get the emulator's address.
+        ray.init(runtime_env={"env_vars": {**env, "PYTHONPATH": str(ROOT)}}, log_to_driver=False)
         try:
             manifest = _pool(tmp_path, opts)
             os.environ["STORAGE_EMULATOR_HOST"] = proxy  # every read from here on is counted

@@ -31,7 +31,7 @@ from pipeline.train.faults import KILL, NONFINITE_STEPS
 from pipeline.train.identity import record_run_config
 from pipeline.train.launch import finished_summary, preflight
 from tests import netns
-from tests.ray_head import RAY, loopback_head, ray_stop
+from tests.ray_head import RAY, loopback_head, ray_stop, shared_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -102,15 +102,15 @@ def _assert_exactly_once(run_dir: Path, data: Path, steps: int, batch: int) -> N
 
 
 @pytest.fixture(scope="module")
-def reference_run(tiny_data, tmp_path_factory) -> Path:
-    """`ray job submit` to a 3-node cluster on loopback (a head and two 1-CPU worker nodes), the
-    workers placed one per node: the users' path, multi-node, uninterrupted. The other runs
-    here are single-node (a local Ray), so their bitwise comparisons with this one also check
-    that the multi-node run trained exactly what one node would have."""
+def reference_run(tiny_data, tmp_path_factory, ray_session) -> Path:
+    """`ray job submit` to the session's 2-node cluster on loopback, the workers placed one per
+    node: the users' path, multi-node, uninterrupted. The other runs here are single-node (both
+    workers on the head), so their bitwise comparisons with this one also check that the
+    multi-node run trained exactly what one node would have."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    with loopback_head(worker_nodes=2) as (address, env):
-        out = subprocess.run(_submit(address, tiny_data, run_dir), capture_output=True,
-                             text=True, timeout=600, env=env)  # fmt: skip
+    _, address, env = shared_cluster()
+    out = subprocess.run(_submit(address, tiny_data, run_dir), capture_output=True, text=True,
+                         timeout=600, env=env)  # fmt: skip
     assert out.returncode == 0 and "succeeded" in out.stdout, (
         out.stdout[-3000:] + out.stderr[-2000:]
     )
@@ -180,20 +180,19 @@ def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float =
 
 
 @pytest.mark.e2e
-def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp_path):
+def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     cmd = [PY, "jobs/pretrain.py", *_args(tiny_data, run_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     try:
         _wait_for_checkpoint(run_dir, proc)
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and both workers
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver: Ray then ends its job's workers
         proc.wait(timeout=60)
     finally:
-        ray_stop()  # Ray daemons that outlive their driver
+        proc.kill()
     assert not (run_dir / "final").exists()
     out = _pretrain(_args(tiny_data, run_dir))
-    ray_stop()
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming from step" in out.stdout + out.stderr
     _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
