@@ -19,6 +19,7 @@ from benchmarks import (
     dedup_index,
     dedup_quality,
     dedup_scale,
+    ema_update,
     loader,
     model_step,
     scaling_fit,
@@ -36,6 +37,7 @@ BENCHMARKS = {
     "dedup_index": dedup_index.run,
     "dedup_scale": dedup_scale.run,  # 1.33M references x 6 vectors: ~15 min, ~12 GB
     "zero_step": zero_step.run,
+    "ema_update": ema_update.run,
     "scaling_fit": scaling_fit.run,
     "sweep_overhead": sweep_overhead.run,
 }

@@ -18,16 +18,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config
 from pipeline.train.config import PretrainConfig
-from pipeline.train.dryrun import dry_run
+from pipeline.train.dryrun import dry_run, gpu_memory
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__.splitlines()[0], "configs/pretrain/nano.yaml")
     parser.add_argument("--dry-run", action="store_true", help="validate and estimate; no training")
+    parser.add_argument("--gpu-memory", type=gpu_memory, metavar="SIZE",
+                        help="with --dry-run: the largest micro-batch per ZeRO stage that fits, e.g. 80GiB")  # fmt: skip
     args = parser.parse_args(argv)
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     if args.dry_run:
-        print(dry_run(cfg))
+        print(dry_run(cfg, gpu_memory=args.gpu_memory))
         return 0
     from pipeline.train.launch import launch  # Ray and DeepSpeed load only for a real run
 

@@ -452,6 +452,38 @@ def test_dry_run_of_the_paper_point_at_cluster_scale():
     assert bad.returncode == 2 and "not a multiple of train.micro_batch=16" in bad.stderr
 
 
+def test_the_dry_run_and_the_preflight_check_use_one_memory_model(tiny_data, tmp_path):
+    """The dry run's figure for the configured stage is the one the preflight check refuses
+    runs with; --gpu-memory gives each stage's largest micro-batch, which fits where one more
+    would not."""
+    import re
+
+    from pipeline.train.dryrun import dry_run
+    from pipeline.train.engine import deepspeed_config
+    from pipeline.train.memory import GIB, check_run, estimate
+
+    cfg = load_config(PretrainConfig, "configs/pretrain/nano.yaml", _args(tiny_data, tmp_path))
+    text = dry_run(cfg, gpu_memory=2 * GIB)
+    configured = next(line for line in text.splitlines() if "<- configured" in line)
+    shown = float(re.search(r"([0-9.]+) GiB peak", configured).group(1))
+    need = check_run(cfg, 4, cfg.cluster.workers, cfg.cluster.workers, "here")
+    assert shown == pytest.approx(need / GIB, abs=0.005)
+    assert "CPU worker (host memory)" in text and "largest micro-batch in 2 GiB" in text
+    f7 = load_config(PretrainConfig, "configs/pretrain/nfnet_f7plus.yaml", ["cluster.workers=64"])
+    with torch.device("meta"):
+        model = create_model("nfnet_f7plus", num_classes=1000)
+    params = sum(p.numel() for p in model.parameters())
+    gpu_text = dry_run(f7, gpu_memory=80 * GIB)
+    for stage in range(4):
+        line = next(x for x in gpu_text.splitlines() if x.strip().startswith(f"ZeRO-{stage}:"))
+        most = int(re.search(r"fits (\d+)", line).group(1))
+        peaks = [estimate(model, 224, deepspeed_config(m, 1, 64, stage, "bf16", True, params),
+                          "bf16", gpu=True).peak for m in (most, most + 1)]  # fmt: skip
+        assert peaks[0] <= 80 * GIB < peaks[1], (stage, most)
+    bad = _pretrain(["--dry-run", "--gpu-memory", "80Gx"])
+    assert bad.returncode == 2 and "'80Gx' is not a memory size; expected e.g. 80GiB" in bad.stderr
+
+
 def _finetune_args(data: Path, run_dir: Path, source: Path) -> list[str]:
     return ["--config", "configs/finetune/nano.yaml", f"data.train={data / 'train'}",
             f"data.val={data / 'val'}", f"run.dir={run_dir}", f"init.from_run={source}",

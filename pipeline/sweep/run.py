@@ -14,18 +14,14 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-import fsspec
 
 from pipeline.config import UserError
-from pipeline.storage import is_local
 from pipeline.sweep.config import SweepConfig, point_config
 from pipeline.sweep.plan import Grid, LrSearch, Point
 from pipeline.sweep.results import ResultsTable
 from pipeline.train.config import PretrainConfig
 from pipeline.train.launch import absolute, init_ray, preflight
-from pipeline.train.tracking import MlflowTracker
+from pipeline.train.tracking import MlflowTracker, default_tracking_uri
 
 
 @dataclass
@@ -39,15 +35,12 @@ class SweepOutcome:
 
 
 def tracking_uri(cfg: SweepConfig, sweep_dir: str) -> str:
-    if cfg.sweep.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-        return cfg.sweep.mlflow_uri or os.environ["MLFLOW_TRACKING_URI"]
-    fs, root = fsspec.core.url_to_fs(sweep_dir)
-    if not is_local(fs):
-        raise UserError(
-            f"sweep.dir={sweep_dir!r} is remote: set sweep.mlflow_uri to a tracking server"
-        )
-    Path(root).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(root) / 'mlflow.db'}"
+    if cfg.sweep.mlflow_uri:
+        return cfg.sweep.mlflow_uri
+    try:
+        return default_tracking_uri(sweep_dir, "sweep", beside=False)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 class Sweep:

@@ -7,7 +7,7 @@ failed or killed write is never resumed from. Layout:
   deepspeed/...          DeepSpeed's model + ZeRO optimizer shards (one file per rank)
   train_state.json       step, loader cursor, MLflow run id, accumulated wall time (rank 0)
   rng_rank{r}.json       torch / numpy / python RNG states of rank r
-  ema.safetensors        EMA weights (rank 0; all ranks hold the same)
+  ema.safetensors        EMA weights, whole (rank 0 gathers every rank's slice)
 
 A checkpoint written by W ranks resumes on W' ranks (ZeRO 1-3: `reshard`; stage 0 holds
 the whole state anyway); rank r' restores rng_rank{r'}.json where the old run had that rank.
@@ -81,10 +81,11 @@ def save(engine, state: TrainState, ema, directory: str, rank: int) -> None:
     root = Path(directory)
     engine.save_checkpoint(str(root), tag=DS_TAG)
     (root / f"rng_rank{rank}.json").write_text(json.dumps(rng_state()))
+    ema_tensors = ema.gathered(dst=0) if ema is not None else None  # a collective
     if rank == 0:
         (root / STATE_FILE).write_text(json.dumps(state.to_json()))
-        if ema is not None:
-            save_file(ema.tensors, str(root / EMA_FILE))
+        if ema_tensors is not None:
+            save_file(ema_tensors, str(root / EMA_FILE))
 
 
 @contextmanager

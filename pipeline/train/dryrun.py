@@ -1,17 +1,12 @@
 """`jobs/pretrain.py --dry-run`: check a cluster-sized config on a laptop, without training.
 
 Builds the model on the meta device (no memory, no compute) to count parameters, MACs and the
-activations a forward keeps, then reports per-rank batch layout, memory per GPU under each
+activations a forward keeps, then reports per-rank batch layout, memory per worker under each
 ZeRO stage, FLOPs per step and hours per epoch at an assumed MFU. Nothing is started.
 
-Memory model per GPU with P parameters and W workers (SGD + momentum, SPEC §4):
-  bf16: weights 2P, gradients 2P, fp32 master 4P, momentum 4P;  fp32: 4P, 4P, 4P, 4P
-  (DeepSpeed keeps its own fp32 master partition under ZeRO 1-3 even in fp32; stage 0 fp32
-  steps the weights in place: no master). ZeRO-1 partitions master + momentum, ZeRO-2 also
-  gradients, ZeRO-3 also weights (/ W).
-Activations: the outputs of every leaf module during a forward at the micro-batch. A lower
-bound: functional ops between modules (activations, the residual multiply-add) save tensors too,
-so budget 2-3x this figure until it is measured on the GPU.
+Memory per worker, per ZeRO stage, comes from `memory.estimate`, the estimator the preflight
+check refuses runs with (device memory on GPU workers, host memory on CPU workers); with
+--gpu-memory it also gives each stage's largest micro-batch that fits.
 """
 
 from __future__ import annotations
@@ -31,40 +26,10 @@ from pipeline.train.config import (
     solve_batch,
     total_steps,
 )
+from pipeline.train.engine import deepspeed_config
+from pipeline.train.memory import GIB, estimate, parse_bytes
 
 ASSUMED_MFU = 0.45
-GIB = 2**30
-
-
-def state_bytes(params: int, workers: int, precision: str) -> dict[int, float]:
-    """Bytes per GPU of weights + gradients + optimizer state, for ZeRO stages 0-3."""
-    w, g, opt = (2, 2, 8) if precision == "bf16" else (4, 4, 8)
-    p, n = params, workers
-    return {
-        0: p * (w + g + (opt if precision == "bf16" else 4)),
-        1: p * (w + g + opt / n),
-        2: p * (w + (g + opt) / n),
-        3: p * (w + g + opt) / n,
-    }
-
-
-def activation_bytes(model: torch.nn.Module, res: int, batch: int, bytes_per: int) -> int:
-    total = 0
-
-    def hook(_module, _inputs, output) -> None:
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * bytes_per
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        model.train()
-        model(torch.empty(batch, 3, res, res, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
 
 
 # Without a readable manifest the data-plane line assumes ingest's default shard size and an
@@ -107,7 +72,38 @@ def data_plane(cfg: PretrainConfig, manifest: Manifest | None, step_s: float) ->
             f" {'8-GPU node' if cl.use_gpu else 'machine'} at this step time ({basis})")  # fmt: skip
 
 
-def dry_run(cfg: PretrainConfig, mfu: float = ASSUMED_MFU) -> str:
+def gpu_memory(text: str) -> float:
+    """--gpu-memory's argparse type: a memory size (argparse prints the one-line error)."""
+    import argparse
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def memory_lines(cfg: PretrainConfig, model, micro: int, accum: int, precision: str,
+                 gpu_memory: float | None) -> list[str]:  # fmt: skip
+    """Peak memory per worker under each ZeRO stage, from the estimator the preflight check
+    uses (`memory.estimate`): device memory on GPU workers, host memory on CPU workers; with
+    `gpu_memory`, the largest micro-batch that fits it."""
+    cl, tc = cfg.cluster, cfg.train
+    params = sum(p.numel() for p in model.parameters())
+    where = "GPU" if cl.use_gpu else "CPU worker (host memory)"
+    fits = f"; largest micro-batch in {gpu_memory / GIB:g} GiB" if gpu_memory else ""
+    lines = [f"memory per {where} at micro-batch {micro} (pipeline/train/memory.py{fits}):"]
+    for stage in range(4):
+        ds = deepspeed_config(micro, accum, cl.workers, stage, precision, cl.use_gpu, params)
+        e = estimate(model, cfg.data.resolution, ds, precision, tc.activation_checkpointing,
+                     gpu=cl.use_gpu)  # fmt: skip
+        most = f", fits {e.largest_micro_batch(gpu_memory)}" if gpu_memory else ""
+        mark = "  <- configured" if stage == cl.zero_stage else ""
+        lines.append(f"  ZeRO-{stage}: {e.peak / GIB:7.2f} GiB peak ({e.states / GIB:.2f} states,"
+                     f" {e.activations / GIB:.2f} activations, {e.buffers / GIB:.2f} buffers){most}{mark}")  # fmt: skip
+    return lines
+
+
+def dry_run(cfg: PretrainConfig, mfu: float = ASSUMED_MFU, gpu_memory: float | None = None) -> str:
     tc, cl = cfg.train, cfg.cluster
     micro, accum = solve_batch(tc, cl.workers)
     precision = resolved_precision(tc, cl.use_gpu)
@@ -117,8 +113,6 @@ def dry_run(cfg: PretrainConfig, mfu: float = ASSUMED_MFU) -> str:
         model = create_model(cfg.model.name, num_classes=classes)
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, cfg.data.resolution)
-    bytes_per = 2 if precision == "bf16" else 4
-    acts = activation_bytes(model, cfg.data.resolution, micro, bytes_per)
     flops_step = 6.0 * macs * tc.global_batch * sam_factor(tc.sam_rho, tc.sam_ascent_fraction)
     peak = tc.peak_tflops or PEAK_BF16_TFLOPS["H100"]
     step_s = flops_step / (cl.workers * peak * 1e12 * mfu)
@@ -128,14 +122,8 @@ def dry_run(cfg: PretrainConfig, mfu: float = ASSUMED_MFU) -> str:
         f"batch: global {tc.global_batch} = {cl.workers} workers x {accum} accumulation x"
         f" {micro} micro-batch; peak LR {scaled_lr(tc.base_lr, tc.global_batch, tc.reference_batch):.4g}",
         f"compute: {6 * macs / 1e9:.3g} GFLOPs/image (6 x MACs), {flops_step / 1e12:.4g} TFLOPs/step",
-        f"memory per GPU (weights + grads + optimizer; activations >= {acts / GIB:.3g} GiB at"
-        f" micro-batch {micro}):",
+        *memory_lines(cfg, model, micro, accum, precision, gpu_memory),
     ]  # fmt: skip
-    for stage, b in state_bytes(params, cl.workers, precision).items():
-        mark = "  <- configured" if stage == cl.zero_stage else ""
-        lines.append(
-            f"  ZeRO-{stage}: {b / GIB:7.2f} GiB states, {(b + acts) / GIB:7.2f} GiB total{mark}"
-        )
     lines.append(f"time: {step_s:.3f} s/step at {mfu:.0%} MFU of {peak:g} TFLOP/s per worker")
     lines.append(data_plane(cfg, manifest, step_s))
     if samples:

@@ -1,52 +1,116 @@
-"""Exponential moving average of the weights (SPEC §4), kept in fp32 on every rank.
+"""Exponential moving average of the weights (SPEC §4), in fp32, where the weights are, and
+partitioned across the data-parallel ranks.
 
 The decay warms up as min(decay, (1 + step) / (10 + step)), so short runs (a 0.25-epoch sweep
 point is a few hundred steps) get an average of trained weights, not of the initialisation.
-Under ZeRO 0-2 every rank holds the full updated parameters after a step; under ZeRO 3 they are
-gathered for the update (one all-gather of the model per step: set train.ema_decay=null for
-models where that costs too much).
+
+Each rank averages its own slice of every parameter: the slice ZeRO-3 gives it (`p.ds_tensor`),
+and under ZeRO 0-2 (every rank holds the whole updated model) the same contiguous range of the
+flattened parameter. One flat fp32 buffer per rank holds the slices, updated with one foreach
+lerp on the device: no per-step gather, no copy to the host, 1/world of the model per rank.
+The full average is gathered only for checkpoints, evaluation and export (`gathered`), and a
+checkpoint holds it whole, so it resumes on any world size.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
+import torch.distributed as dist
 
 
-def _gathered(engine):
-    if engine.zero_optimization_stage() == 3:
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(list(engine.module.parameters()))
-    return contextlib.nullcontext()
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class Ema:
     def __init__(self, engine, decay: float) -> None:
         self.decay = decay
-        with _gathered(engine), torch.no_grad():
-            self.tensors = {
-                n: p.detach().float().cpu().clone() for n, p in engine.module.named_parameters()
-            }
+        self.rank, self.world = _rank_world()
+        self.zero3 = engine.zero_optimization_stage() == 3
+        named = list(engine.module.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = {n: _full_shape(p) for n, p in named}
+        # Slice length per parameter (ceil(numel / world), ZeRO-3's partition size), and this
+        # rank's real elements in it (the last ranks' slices end in padding, or are empty).
+        self.slice = {n: -(-self.shapes[n].numel() // self.world) for n in self.names}
+        self.flat = torch.zeros(sum(self.slice.values()), dtype=torch.float32,
+                                device=_device(named))  # fmt: skip
+        self.views, offset = [], 0
+        for n in self.names:
+            self.views.append(self.flat.narrow(0, offset, self._mine(n)))
+            offset += self.slice[n]
+        with torch.no_grad():
+            torch._foreach_copy_(self.views, [s.float() for s in self._sources(engine)])
+
+    def _mine(self, name: str) -> int:
+        size, start = self.slice[name], self.rank * self.slice[name]
+        return max(0, min(size, self.shapes[name].numel() - start))
+
+    def _sources(self, engine) -> list[torch.Tensor]:
+        """This rank's slice of each live parameter, as a view (read every step: cheap)."""
+        out = []
+        for (name, p), view in zip(engine.module.named_parameters(), self.views, strict=True):
+            if self.zero3:
+                if p.ds_tensor.numel() != self.slice[name]:
+                    raise RuntimeError(f"{name}: ZeRO-3 partition of {p.ds_tensor.numel()}"
+                                       f" elements, expected {self.slice[name]}")  # fmt: skip
+                out.append(p.ds_tensor.detach().narrow(0, 0, view.numel()))
+            else:
+                start = self.rank * self.slice[name]
+                out.append(p.detach().reshape(-1).narrow(0, start, view.numel()))
+        return out
 
     def rate(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step))
 
     @torch.no_grad()
     def update(self, engine, step: int) -> None:
-        keep = self.rate(step)
-        with _gathered(engine):
-            for name, p in engine.module.named_parameters():
-                self.tensors[name].lerp_(p.detach().float().cpu(), 1.0 - keep)
+        sources = [s if s.dtype == torch.float32 else s.float() for s in self._sources(engine)]
+        torch._foreach_lerp_(self.views, sources, 1.0 - self.rate(step))
 
-    def state_dict(self, buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """EMA parameters plus the live buffers: a complete state dict for a plain model."""
-        return {**self.tensors, **buffers}
+    def gathered(self, dst: int | None = None) -> dict[str, torch.Tensor] | None:
+        """The full averaged parameters (fp32, on the CPU): on every rank, or on rank `dst`
+        only (None elsewhere). A collective: every rank calls it."""
+        if self.world == 1:
+            parts = [self.flat]
+        elif dst is None:
+            parts = [torch.empty_like(self.flat) for _ in range(self.world)]
+            dist.all_gather(parts, self.flat)
+        else:
+            parts = (
+                [torch.empty_like(self.flat) for _ in range(self.world)]
+                if self.rank == dst
+                else None
+            )
+            dist.gather(self.flat, parts, dst=dst)
+            if parts is None:
+                return None
+        stacked = torch.stack(parts).cpu()  # [world, flat]
+        out, offset = {}, 0
+        for n in self.names:
+            size, shape = self.slice[n], self.shapes[n]
+            whole = stacked[:, offset : offset + size].reshape(-1)[: shape.numel()]
+            out[n] = whole.reshape(shape).clone()
+            offset += size
+        return out
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
-        missing = set(self.tensors) - set(tensors)
+        missing = set(self.names) - set(tensors)
         if missing:
             raise ValueError(f"EMA checkpoint lacks {len(missing)} tensors, e.g. {min(missing)}")
-        for name in self.tensors:
-            self.tensors[name].copy_(tensors[name])
+        with torch.no_grad():
+            for n, view in zip(self.names, self.views, strict=True):
+                start = self.rank * self.slice[n]
+                whole = tensors[n].reshape(-1)
+                view.copy_(whole.narrow(0, start, view.numel()).to(view.device, torch.float32))
+
+
+def _full_shape(p: torch.Tensor) -> torch.Size:
+    return p.ds_shape if hasattr(p, "ds_shape") else p.shape
+
+
+def _device(named) -> torch.device:
+    p = named[0][1]
+    return p.ds_tensor.device if hasattr(p, "ds_tensor") else p.device

@@ -30,7 +30,7 @@ from pipeline.train.warmstart import check_source
 
 # Passed through to the workers (storage emulators, credentials files, MLflow), never logged.
 PASS_ENV = (*STORAGE_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-            "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_URI", "NFSCALE_MLFLOW_PARENT_RUN",
+            "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_URI",
             *FAULT_ENV)  # fmt: skip
 
 

@@ -243,7 +243,8 @@ def _finish(run: Run, engine, ema, heldout, state, losses, data_io: dict) -> dic
     ema_eval = {}
     if ema is not None:
         plain = create_model(cfg.model.name, num_classes=run.classes, **_model_overrides(cfg))
-        plain.load_state_dict(ema.state_dict(buffers))
+        averaged = {**ema.gathered(), **buffers}  # a collective: every rank evaluates
+        plain.load_state_dict(averaged)
         ema_eval = evaluate(plain.to(run.device), torch.float32)
     images = state.step * cfg.train.global_batch
     summary = {
@@ -270,7 +271,7 @@ def _finish(run: Run, engine, ema, heldout, state, losses, data_io: dict) -> dic
     }  # fmt: skip
     if rank == 0:
         if ema is not None:
-            save_safetensors(fs, f"{root}/model_ema.safetensors", ema.state_dict(buffers), meta)
+            save_safetensors(fs, f"{root}/model_ema.safetensors", averaged, meta)
         atomic_write(fs, f"{root}/config.yaml", dump_config(cfg).encode())
         atomic_write(fs, f"{root}/summary.json", json.dumps(summary, indent=1).encode())
         _say(rank, f"done: held-out loss {summary['heldout_loss']}, {images} images,"
@@ -330,7 +331,7 @@ def _tracker(cfg: PretrainConfig, rank: int, state) -> Tracker:
         return Tracker()
     uri = cfg.run.mlflow_uri or default_tracking_uri(cfg.run.dir)
     name = os.path.basename(cfg.run.dir.rstrip("/"))
-    parent = cfg.run.mlflow_parent or os.environ.get("NFSCALE_MLFLOW_PARENT_RUN")  # nested
+    parent = cfg.run.mlflow_parent  # nested under a sweep's run
     return MlflowTracker(uri, cfg.run.experiment, name, cfg.run.dir, state.mlflow_run_id, parent)
 
 

@@ -5,7 +5,7 @@ machine before Ray starts, and every worker checks its own node (its share of th
 memory) before it builds the model: a run that would be OOM-killed mid-step is refused in one
 line instead. The estimate, per worker, for P parameters and W workers:
   build    4P: every worker builds the whole fp32 model before DeepSpeed partitions it
-  train    weights, gradients and optimizer state for the ZeRO stage (dryrun.state_bytes), the
+  train    weights, gradients and optimizer state for the ZeRO stage (state_bytes), the
            communication buffers the DeepSpeed config allows, activations at the micro-batch
            (3x the leaf-module outputs: functional ops save tensors too; 1/8 of that with
            activation checkpointing), under ZeRO-3 without checkpointing the whole model's
@@ -22,17 +22,54 @@ from __future__ import annotations
 import os
 import resource
 import time
+from dataclasses import dataclass
 
 import psutil
 import torch
 
 from pipeline.models import create_model
-from pipeline.train.dryrun import activation_bytes, state_bytes
 from pipeline.train.topology import gather
 
 GIB = 2**30
 PROCESS_BYTES = 1.5 * GIB  # Python, torch, DeepSpeed, the Ray worker, the data loader
+# The CUDA context with cuBLAS/cuDNN workspaces: assumed until `make gpu-check` measures it.
+CUDA_CONTEXT_BYTES = 1.0 * GIB
 WAIT_S = 60  # a worker's check waits this long for memory a previous attempt still holds
+
+
+def state_bytes(params: int, workers: int, precision: str) -> dict[int, float]:
+    """Bytes per worker of weights + gradients + optimizer state, for ZeRO stages 0-3 (SGD +
+    momentum, SPEC §4). bf16: weights 2P, gradients 2P, fp32 master 4P, momentum 4P; fp32: 4P
+    each (DeepSpeed keeps its own fp32 master partition under ZeRO 1-3 even in fp32; stage 0
+    fp32 steps the weights in place: no master). ZeRO-1 partitions master + momentum, ZeRO-2
+    also gradients, ZeRO-3 also weights (/ W)."""
+    w, g, opt = (2, 2, 8) if precision == "bf16" else (4, 4, 8)
+    p, n = params, workers
+    return {
+        0: p * (w + g + (opt if precision == "bf16" else 4)),
+        1: p * (w + g + opt / n),
+        2: p * (w + (g + opt) / n),
+        3: p * (w + g + opt) / n,
+    }
+
+
+def activation_bytes(model: torch.nn.Module, res: int, batch: int, bytes_per: int) -> int:
+    total = 0
+
+    def hook(_module, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * bytes_per
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        model.train()
+        model(torch.empty(batch, 3, res, res, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
 
 
 def _buffers(ds_config: dict, stage: int, params: int, workers: int) -> float:
@@ -51,22 +88,84 @@ def _buffers(ds_config: dict, stage: int, params: int, workers: int) -> float:
     return 0.0
 
 
-def worker_bytes(model: torch.nn.Module, resolution: int, ds_config: dict, precision: str,
-                 recompute: bool = False) -> float:  # fmt: skip
-    """Estimated peak bytes per worker for `model` (built on the meta device); `recompute`:
-    activation checkpointing is on."""
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes per worker, by kind (see the module docstring)."""
+
+    states: float  # weights + gradients + optimizer state for the ZeRO stage
+    buffers: float  # communication buckets, gathered parameters, step temporaries
+    activations: float  # at the micro-batch: `activations_per_image` x micro
+    gathered_weights: float  # ZeRO-3 without recompute: every convolution's weight, for backward
+    build: float  # the whole model before DeepSpeed partitions it
+    process: float  # the process itself (host) or the CUDA context (GPU)
+    activations_per_image: float
+
+    @property
+    def peak(self) -> float:
+        train = self.states + self.buffers + self.activations + self.gathered_weights
+        return max(self.build, train) + self.process
+
+    def largest_micro_batch(self, memory: float) -> int:
+        """The largest micro-batch whose peak fits in `memory` bytes (0: none does)."""
+        fixed = self.states + self.buffers + self.gathered_weights + self.process
+        if self.build + self.process > memory:
+            return 0
+        return max(0, int((memory - fixed) // self.activations_per_image))
+
+
+def estimate(model: torch.nn.Module, resolution: int, ds_config: dict, precision: str,
+             recompute: bool = False, gpu: bool = False) -> Estimate:  # fmt: skip
+    """The estimate for `model` (built on the meta device) under `ds_config`; `recompute`:
+    activation checkpointing is on; `gpu`: device memory (the model arrives there in its
+    training dtype, beside the CUDA context) rather than a CPU worker's host memory."""
     params = sum(p.numel() for p in model.parameters())
     micro = ds_config["train_micro_batch_size_per_gpu"]
     workers = ds_config["train_batch_size"] // (micro * ds_config["gradient_accumulation_steps"])
     stage = ds_config["zero_optimization"]["stage"]
     width = 2 if precision == "bf16" else 4
-    acts = 3 * activation_bytes(model, resolution, micro, width)
-    acts = acts / 8 if recompute else acts  # block inputs only: a rough share
-    if stage == 3 and not recompute:  # convolutions keep their gathered weights for backward
-        acts += width * params
-    buffers = _buffers(ds_config, stage, params, workers)
-    train = state_bytes(params, workers, precision)[stage] + buffers + acts
-    return max(4.0 * params, train) + PROCESS_BYTES
+    per_image = 3 * activation_bytes(model, resolution, 1, width)
+    per_image = per_image / 8 if recompute else per_image  # block inputs only: a rough share
+    return Estimate(
+        states=state_bytes(params, workers, precision)[stage],
+        buffers=_buffers(ds_config, stage, params, workers),
+        activations=per_image * micro,
+        gathered_weights=width * params if stage == 3 and not recompute else 0.0,
+        build=(width if gpu else 4.0) * params,
+        process=CUDA_CONTEXT_BYTES if gpu else PROCESS_BYTES,
+        activations_per_image=per_image,
+    )
+
+
+def worker_bytes(model: torch.nn.Module, resolution: int, ds_config: dict, precision: str,
+                 recompute: bool = False) -> float:  # fmt: skip
+    """Estimated peak host bytes per CPU worker (the preflight check's figure)."""
+    return estimate(model, resolution, ds_config, precision, recompute).peak
+
+
+_UNITS = {
+    "B": 1,
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "TB": 1e12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_bytes(text: str) -> float:
+    """'80GiB', '141 GB', '2.5TiB' -> bytes; a ValueError with the expected form otherwise."""
+    number = text.strip().rstrip("BbIiKkMmGgTt ")
+    unit = text.strip()[len(number) :].strip().upper() or "B"
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value <= 0:
+        raise ValueError(f"{text!r} is not a memory size; expected e.g. 80GiB or 141GB")
+    return value * _UNITS[unit]
 
 
 def check_fits(need: float, workers_here: int, what: str, where: str, wait_s: float = 0) -> None:

@@ -33,18 +33,22 @@ class Tracker:
     def close(self, status: str = "FINISHED") -> None: ...
 
 
-def default_tracking_uri(run_dir: str) -> str:
+def default_tracking_uri(run_dir: str, key: str = "run", beside: bool = True) -> str:
+    """The one fallback when no tracking URI is configured: MLFLOW_TRACKING_URI, else a sqlite
+    file in the folder that holds `run_dir` (beside=True: a run's, so a sweep's points and its
+    own run share one store) or in `run_dir` itself (a sweep's folder)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     fs, root = fsspec.core.url_to_fs(run_dir)
     if not is_local(fs):
         raise ValueError(
-            f"run.dir={run_dir!r} is remote: set run.mlflow_uri or MLFLOW_TRACKING_URI to a"
-            " tracking server (a sqlite file cannot live in object storage)"
+            f"{key}.dir={run_dir!r} is remote: set {key}.mlflow_uri or MLFLOW_TRACKING_URI to a"
+            " tracking server"
+            " (a sqlite file cannot live in object storage)"
         )
-    parent = Path(root).resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{parent / 'mlflow.db'}"
+    folder = Path(root).resolve().parent if beside else Path(root).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
