@@ -460,7 +460,7 @@ def test_the_dry_run_and_the_preflight_check_use_one_memory_model(tiny_data, tmp
 
     from pipeline.train.dryrun import dry_run
     from pipeline.train.engine import deepspeed_config
-    from pipeline.train.memory import GIB, check_run, estimate
+    from pipeline.train.memory import GIB, activation_bytes_per_image, check_run, estimate
 
     cfg = load_config(PretrainConfig, "configs/pretrain/nano.yaml", _args(tiny_data, tmp_path))
     text = dry_run(cfg, gpu_memory=2 * GIB)
@@ -473,12 +473,13 @@ def test_the_dry_run_and_the_preflight_check_use_one_memory_model(tiny_data, tmp
     with torch.device("meta"):
         model = create_model("nfnet_f7plus", num_classes=1000)
     params = sum(p.numel() for p in model.parameters())
+    per_image = activation_bytes_per_image(model, 224, "bf16")
     gpu_text = dry_run(f7, gpu_memory=80 * GIB)
     for stage in range(4):
         line = next(x for x in gpu_text.splitlines() if x.strip().startswith(f"ZeRO-{stage}:"))
         most = int(re.search(r"fits (\d+)", line).group(1))
         peaks = [estimate(model, 224, deepspeed_config(m, 1, 64, stage, "bf16", True, params),
-                          "bf16", gpu=True).peak for m in (most, most + 1)]  # fmt: skip
+                          "bf16", gpu=True, per_image=per_image).peak for m in (most, most + 1)]  # fmt: skip
         assert peaks[0] <= 80 * GIB < peaks[1], (stage, most)
     bad = _pretrain(["--dry-run", "--gpu-memory", "80Gx"])
     assert bad.returncode == 2 and "'80Gx' is not a memory size; expected e.g. 80GiB" in bad.stderr

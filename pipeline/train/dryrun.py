@@ -27,7 +27,7 @@ from pipeline.train.config import (
     total_steps,
 )
 from pipeline.train.engine import deepspeed_config
-from pipeline.train.memory import GIB, estimate, parse_bytes
+from pipeline.train.memory import GIB, activation_bytes_per_image, estimate, parse_bytes
 
 ASSUMED_MFU = 0.45
 
@@ -92,10 +92,12 @@ def memory_lines(cfg: PretrainConfig, model, micro: int, accum: int, precision: 
     where = "GPU" if cl.use_gpu else "CPU worker (host memory)"
     fits = f"; largest micro-batch in {gpu_memory / GIB:g} GiB" if gpu_memory else ""
     lines = [f"memory per {where} at micro-batch {micro} (pipeline/train/memory.py{fits}):"]
+    per_image = activation_bytes_per_image(model, cfg.data.resolution, precision,
+                                           tc.activation_checkpointing)  # fmt: skip
     for stage in range(4):
         ds = deepspeed_config(micro, accum, cl.workers, stage, precision, cl.use_gpu, params)
         e = estimate(model, cfg.data.resolution, ds, precision, tc.activation_checkpointing,
-                     gpu=cl.use_gpu)  # fmt: skip
+                     gpu=cl.use_gpu, per_image=per_image)  # fmt: skip
         most = f", fits {e.largest_micro_batch(gpu_memory)}" if gpu_memory else ""
         mark = "  <- configured" if stage == cl.zero_stage else ""
         lines.append(f"  ZeRO-{stage}: {e.peak / GIB:7.2f} GiB peak ({e.states / GIB:.2f} states,"

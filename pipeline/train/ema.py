@@ -35,31 +35,30 @@ class Ema:
         # Slice length per parameter (ceil(numel / world), ZeRO-3's partition size), and this
         # rank's real elements in it (the last ranks' slices end in padding, or are empty).
         self.slice = {n: -(-self.shapes[n].numel() // self.world) for n in self.names}
+        self.start = {n: self.rank * self.slice[n] for n in self.names}  # in the whole parameter
+        if self.zero3:
+            for n, p in named:
+                if p.ds_tensor.numel() != self.slice[n]:
+                    raise RuntimeError(f"{n}: ZeRO-3 partition of {p.ds_tensor.numel()} elements,"
+                                       f" expected {self.slice[n]}")  # fmt: skip
         self.flat = torch.zeros(sum(self.slice.values()), dtype=torch.float32,
                                 device=_device(named))  # fmt: skip
         self.views, offset = [], 0
         for n in self.names:
-            self.views.append(self.flat.narrow(0, offset, self._mine(n)))
+            mine = max(0, min(self.slice[n], self.shapes[n].numel() - self.start[n]))
+            self.views.append(self.flat.narrow(0, offset, mine))
             offset += self.slice[n]
         with torch.no_grad():
             torch._foreach_copy_(self.views, [s.float() for s in self._sources(engine)])
-
-    def _mine(self, name: str) -> int:
-        size, start = self.slice[name], self.rank * self.slice[name]
-        return max(0, min(size, self.shapes[name].numel() - start))
 
     def _sources(self, engine) -> list[torch.Tensor]:
         """This rank's slice of each live parameter, as a view (read every step: cheap)."""
         out = []
         for (name, p), view in zip(engine.module.named_parameters(), self.views, strict=True):
             if self.zero3:
-                if p.ds_tensor.numel() != self.slice[name]:
-                    raise RuntimeError(f"{name}: ZeRO-3 partition of {p.ds_tensor.numel()}"
-                                       f" elements, expected {self.slice[name]}")  # fmt: skip
                 out.append(p.ds_tensor.detach().narrow(0, 0, view.numel()))
             else:
-                start = self.rank * self.slice[name]
-                out.append(p.detach().reshape(-1).narrow(0, start, view.numel()))
+                out.append(p.detach().reshape(-1).narrow(0, self.start[name], view.numel()))
         return out
 
     def rate(self, step: int) -> float:
@@ -102,9 +101,8 @@ class Ema:
             raise ValueError(f"EMA checkpoint lacks {len(missing)} tensors, e.g. {min(missing)}")
         with torch.no_grad():
             for n, view in zip(self.names, self.views, strict=True):
-                start = self.rank * self.slice[n]
-                whole = tensors[n].reshape(-1)
-                view.copy_(whole.narrow(0, start, view.numel()).to(view.device, torch.float32))
+                mine = tensors[n].reshape(-1).narrow(0, self.start[n], view.numel())
+                view.copy_(mine.to(view.device, torch.float32))
 
 
 def _full_shape(p: torch.Tensor) -> torch.Size:

@@ -94,11 +94,15 @@ class Estimate:
 
     states: float  # weights + gradients + optimizer state for the ZeRO stage
     buffers: float  # communication buckets, gathered parameters, step temporaries
-    activations: float  # at the micro-batch: `activations_per_image` x micro
     gathered_weights: float  # ZeRO-3 without recompute: every convolution's weight, for backward
     build: float  # the whole model before DeepSpeed partitions it
     process: float  # the process itself (host) or the CUDA context (GPU)
     activations_per_image: float
+    micro_batch: int
+
+    @property
+    def activations(self) -> float:
+        return self.activations_per_image * self.micro_batch
 
     @property
     def peak(self) -> float:
@@ -113,26 +117,37 @@ class Estimate:
         return max(0, int((memory - fixed) // self.activations_per_image))
 
 
+def activation_bytes_per_image(model: torch.nn.Module, resolution: int, precision: str,
+                               recompute: bool = False) -> float:  # fmt: skip
+    """What one image's forward keeps for backward: 3x the leaf-module outputs (functional ops
+    save tensors too), 1/8 of that with activation checkpointing (block inputs only: a rough
+    share). One forward on the meta device."""
+    per_image = 3 * activation_bytes(model, resolution, 1, 2 if precision == "bf16" else 4)
+    return per_image / 8 if recompute else per_image
+
+
 def estimate(model: torch.nn.Module, resolution: int, ds_config: dict, precision: str,
-             recompute: bool = False, gpu: bool = False) -> Estimate:  # fmt: skip
+             recompute: bool = False, gpu: bool = False,
+             per_image: float | None = None) -> Estimate:  # fmt: skip
     """The estimate for `model` (built on the meta device) under `ds_config`; `recompute`:
     activation checkpointing is on; `gpu`: device memory (the model arrives there in its
-    training dtype, beside the CUDA context) rather than a CPU worker's host memory."""
+    training dtype, beside the CUDA context) rather than a CPU worker's host memory;
+    `per_image`: `activation_bytes_per_image` when the caller has it (it costs a forward)."""
     params = sum(p.numel() for p in model.parameters())
     micro = ds_config["train_micro_batch_size_per_gpu"]
     workers = ds_config["train_batch_size"] // (micro * ds_config["gradient_accumulation_steps"])
     stage = ds_config["zero_optimization"]["stage"]
     width = 2 if precision == "bf16" else 4
-    per_image = 3 * activation_bytes(model, resolution, 1, width)
-    per_image = per_image / 8 if recompute else per_image  # block inputs only: a rough share
+    if per_image is None:
+        per_image = activation_bytes_per_image(model, resolution, precision, recompute)
     return Estimate(
         states=state_bytes(params, workers, precision)[stage],
         buffers=_buffers(ds_config, stage, params, workers),
-        activations=per_image * micro,
         gathered_weights=width * params if stage == 3 and not recompute else 0.0,
         build=(width if gpu else 4.0) * params,
         process=CUDA_CONTEXT_BYTES if gpu else PROCESS_BYTES,
         activations_per_image=per_image,
+        micro_batch=micro,
     )
 
 

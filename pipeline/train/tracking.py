@@ -43,8 +43,7 @@ def default_tracking_uri(run_dir: str, key: str = "run", beside: bool = True) ->
     if not is_local(fs):
         raise ValueError(
             f"{key}.dir={run_dir!r} is remote: set {key}.mlflow_uri or MLFLOW_TRACKING_URI to a"
-            " tracking server"
-            " (a sqlite file cannot live in object storage)"
+            " tracking server (a sqlite file cannot live in object storage)"
         )
     folder = Path(root).resolve().parent if beside else Path(root).resolve()
     folder.mkdir(parents=True, exist_ok=True)
