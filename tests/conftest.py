@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,4 +45,8 @@ def ray_cluster(ray_session, monkeypatch):
     gcs, jobs, env = shared_cluster()
     monkeypatch.setenv("RAY_ADDRESS", gcs)
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    if "ray" in sys.modules:  # Ray keeps the auth mode it read first in this process
+        from ray._private.authentication_test_utils import reset_auth_token_state
+
+        reset_auth_token_state()
     yield jobs, env
