@@ -67,7 +67,7 @@ def _worker(rank: int, world: int, name: str, repeats: int, out: str) -> None:
 
 
 def run(repeats: int = 20) -> dict:
-    from pipeline.train.spawn import spawn
+    from pipeline.testing.spawn import spawn
 
     results = {}
     for name in MODELS:

@@ -86,7 +86,7 @@ def _worker(rank: int, world: int, name: str, res: int, micro: int, repeats: int
 
 
 def run(name: str = "nfnet_f0", res: int = 64, micro: int = 4, repeats: int = 6) -> dict:
-    from pipeline.train.spawn import spawn
+    from pipeline.testing.spawn import spawn
 
     with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
         spawn(_worker, 2, name, res, micro, repeats, tmp.name)

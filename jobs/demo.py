@@ -13,8 +13,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pipeline.chain.config import ChainConfig
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config

@@ -10,9 +10,6 @@ shards. Re-running skips complete shards. See pipeline/ingest/run.py for every k
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config

@@ -7,9 +7,6 @@ reference set) and ingest it into shards. Re-running with the same settings does
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config

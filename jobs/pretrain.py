@@ -11,9 +11,6 @@ cluster. Re-running with the same run.dir resumes from the latest complete check
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config
 from pipeline.train.quickstart import QuickstartCfg, StepLog, train

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import NoReturn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import run_job
 from pipeline.config import UserError, build_config

@@ -12,9 +12,6 @@ Re-running the same command skips finished points and resumes interrupted ones.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config

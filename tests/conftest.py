@@ -36,6 +36,17 @@ def ray_session():
 
 
 @pytest.fixture
+def local_ray(ray_session):
+    """No Ray running before the test (the shared cluster is stopped), so a job launched
+    without RAY_ADDRESS starts a local Ray of its own, as a user's does; stopped after."""
+    from tests.ray_head import ray_stop
+
+    ray_stop()
+    yield
+    ray_stop()
+
+
+@pytest.fixture
 def ray_cluster(ray_session, monkeypatch):
     """The session's loopback cluster (tests/ray_head.py: started once, again only if a test
     stopped Ray). Jobs started from here, in this process or in subprocesses, connect to it

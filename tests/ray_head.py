@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.train.spawn import free_port
+from pipeline.testing.spawn import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pipeline.data.order import Cursor
+from pipeline.testing.spawn import spawn
 from pipeline.train import checkpoint, reshard
 from pipeline.train.engine import build_engine, deepspeed_config
 from pipeline.train.export import full_state_dict, write_weights
-from pipeline.train.spawn import spawn
 from tests.test_engine_agc import HYPER, _model
 
 GLOBAL, MICRO, STEPS, SAVE_AT, CLASSES, RES = 8, 2, 5, 2, 5, 32
@@ -64,7 +64,8 @@ def _uninterrupted(rank: int, world: int, stage: int, tmp: str) -> None:
     engine = _engine(world, stage)
     _train(engine, rank, world, range(SAVE_AT))
     state = checkpoint.TrainState(SAVE_AT, Cursor(0, SAVE_AT * GLOBAL, 1000))
-    checkpoint.save(engine.engine, state, None, f"{tmp}/ckpt", rank)
+    states = {"train_state": state, "rng": checkpoint.RngState()}
+    checkpoint.save(engine.engine, states, f"{tmp}/ckpt", rank)
     weights, momentum = _full_state(engine)
     _train(engine, rank, world, range(SAVE_AT, STEPS))
     final = full_state_dict(engine.engine)
@@ -78,7 +79,9 @@ def _uninterrupted(rank: int, world: int, stage: int, tmp: str) -> None:
 
 def _resumed(rank: int, world: int, stage: int, tmp: str, keep_momentum: bool) -> None:
     engine = _engine(world, stage)
-    state = checkpoint.load(engine.engine, None, f"{tmp}/ckpt", rank, 1000)
+    state = checkpoint.TrainState(0, Cursor(0, 0, 1000))
+    checkpoint.load(engine.engine, {"train_state": state, "rng": checkpoint.RngState()},
+                    f"{tmp}/ckpt", rank)  # fmt: skip
     assert state.step == SAVE_AT and state.cursor.position == SAVE_AT * GLOBAL
     weights, momentum = _full_state(engine)
     if not keep_momentum:  # the resume this test must be able to tell apart

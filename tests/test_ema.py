@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pipeline.models import create_model
+from pipeline.testing.spawn import spawn
 from pipeline.train.ema import Ema
 from pipeline.train.engine import build_engine, deepspeed_config
-from pipeline.train.spawn import spawn
 
 STEPS, MICRO, CLASSES, RES, DECAY = 5, 2, 5, 32, 0.9
 HYPER = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, clipping=0.01, eps=1e-3)

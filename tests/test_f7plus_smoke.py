@@ -6,7 +6,6 @@ memory estimate that refuses, in one line before Ray starts, a layout that would
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ import pytest
 from safetensors import safe_open
 
 from pipeline.config import UserError, load_config
+from pipeline.testing import faults
 from pipeline.train.config import PretrainConfig
-from pipeline.train.faults import KILL
 from pipeline.train.launch import preflight
 from tests.ray_head import RAY, loopback_head, ray_stop
 
@@ -79,12 +78,12 @@ def test_on_a_cluster_each_node_checks_its_memory_and_the_run_stops_in_one_line(
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.chaos  # ~10 min on 2 cores: `make chaos`; figures in BENCHMARKS.md
-def test_f7plus_trains_checkpoints_resumes_and_writes_final_weights(tiny_data, tmp_path):
+def test_f7plus_trains_checkpoints_resumes_and_writes_final_weights(tiny_data, tmp_path, local_ray):
     run_dir = tmp_path / "run"
-    env = {**os.environ, KILL: "step:2"}  # the last rank dies in step 3, after its first backward
+    kill = faults.override(kill="step:2")  # the last rank dies in step 3, after its first backward
     out = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", CONFIG,
-                          *_args(tiny_data, run_dir)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=1800, env=env)  # fmt: skip
+                          *_args(tiny_data, run_dir), kill], cwd=ROOT, capture_output=True,
+                         text=True, timeout=1800)  # fmt: skip
     ray_stop()
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]

@@ -26,8 +26,8 @@ from pipeline.config import UserError, load_config
 from pipeline.data.manifest import read_manifest
 from pipeline.data.order import GlobalOrder, canonical_batch
 from pipeline.models import create_model
+from pipeline.testing import faults
 from pipeline.train.config import PretrainConfig
-from pipeline.train.faults import KILL, NONFINITE_STEPS
 from pipeline.train.identity import record_run_config
 from pipeline.train.launch import finished_summary, preflight
 from tests import netns
@@ -180,7 +180,9 @@ def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float =
 
 
 @pytest.mark.e2e
-def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp_path, ray_cluster):
+def test_kill_whole_job_then_a_preempted_rerun_resume_bitwise(
+    reference_run, tiny_data, tmp_path, ray_cluster
+):
     run_dir = tmp_path / "run"
     cmd = [PY, "jobs/pretrain.py", *_args(tiny_data, run_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -192,9 +194,17 @@ def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp
     finally:
         proc.kill()
     assert not (run_dir / "final").exists()
-    out = _pretrain(_args(tiny_data, run_dir))
+    # The relaunch is preempted too: one worker gets SIGTERM mid-step 9 (after its first
+    # backward). Step 9 is finished and checkpointed, the workers return, and the driver starts
+    # them again from it; with max_failures=0, a restart counted as a failure would fail the run.
+    preempt = [faults.override(term="8"), "cluster.max_failures=0"]
+    out = _pretrain([*_args(tiny_data, run_dir), *preempt])
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "resuming from step" in out.stdout + out.stderr
+    log = out.stdout + out.stderr
+    assert "resuming from step" in log and "fault injection: SIGTERM at term 8" in log
+    assert "preempted: step 9 is checkpointed" in log
+    assert "preempted at step 9: starting the workers again from its checkpoint" in log
+    assert "resuming from step 9 of 12" in log
     _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
     _assert_exactly_once(run_dir, tiny_data, STEPS, 16)
     first = json.loads((reference_run / "final" / "summary.json").read_text())
@@ -219,7 +229,7 @@ def test_kill_whole_job_then_rerun_resumes_bitwise(reference_run, tiny_data, tmp
 @pytest.mark.slow
 @pytest.mark.chaos  # ~70 s: `make chaos`; the default suite kills the whole job (above)
 def test_worker_killed_mid_checkpoint_write_and_mid_step_is_restarted_by_ray(
-    reference_run, tiny_data, tmp_path
+    reference_run, tiny_data, tmp_path, local_ray
 ):
     """One worker SIGKILLs itself after writing its part of the step-4 checkpoint (before Ray
     has all parts), and again after the first backward of step 7 (gradients half accumulated):
@@ -228,8 +238,7 @@ def test_worker_killed_mid_checkpoint_write_and_mid_step_is_restarted_by_ray(
     written one), and the final weights equal the uninterrupted run's bit for bit, every sample
     seen exactly once."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, KILL: "checkpoint:4,step:7"}
-    out = _pretrain(_args(tiny_data, run_dir), env=env)
+    out = _pretrain([*_args(tiny_data, run_dir), faults.override(kill="checkpoint:4,step:7")])
     ray_stop()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stdout + out.stderr
@@ -354,7 +363,7 @@ def _fill(disk: Path, leave_bytes: int) -> None:
 @pytest.mark.slow
 @pytest.mark.chaos  # ~90 s: `make chaos`; make test checks the engine's skip and the stop lines
 def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_intact(
-    tiny_data, tmp_path
+    tiny_data, tmp_path, local_ray
 ):
     """Steps with a NaN loss are skipped and counted, too many in a row stop the run; the next
     launch resumes from the checkpoint the stop left, and a full checkpoint disk fails it; each
@@ -364,7 +373,7 @@ def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_in
         args = [*_args(tiny_data, run_dir), "train.max_nonfinite_steps=3",
                 f"run.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
         # 0-based steps 4 and 7-9 get a NaN loss on one rank: one lone skip, then three in a row
-        out = _pretrain(args, env={**os.environ, NONFINITE_STEPS: "4,7-9"})
+        out = _pretrain([*args, faults.override(nonfinite_steps="4,7-9")])
         ray_stop()
         assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
         assert out.stderr.strip().splitlines()[-1] == (
@@ -419,6 +428,11 @@ def _file_hashes(root: Path) -> dict[str, str]:
         ("data.train=/nonexistent/shards", "no shard manifest"),
         ("train.nonsense=1", "unknown config key 'train.nonsense'"),
         ("train.micro_batch=3", "not a multiple of train.micro_batch=3"),
+        (
+            'train.callbacks=[{target: "nowhere.probes:Histogram"}]',
+            "train.callbacks[0].target='nowhere.probes:Histogram' cannot be imported",
+        ),
+        ("train.callbacks=[{target: histogram}]", "train.callbacks.0.target"),
     ],
 )
 def test_bad_input_is_one_line_before_ray_starts(tiny_data, tmp_path, override, expected):

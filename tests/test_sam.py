@@ -9,10 +9,10 @@ from pipeline.models import create_model
 from pipeline.optim.agc import adaptive_grad_clip_
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
 from pipeline.optim.sam import ascent_count, ascent_step, perturbed
+from pipeline.testing.spawn import spawn
 from pipeline.train.config import PretrainConfig, TrainSection
 from pipeline.train.engine import build_engine, deepspeed_config
 from pipeline.train.export import full_state_dict
-from pipeline.train.spawn import spawn
 
 
 def test_one_sam_step_equals_the_hand_computation():
@@ -108,13 +108,13 @@ def _reference(shared_ascent: bool) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, stage: int, out: str) -> None:
-    from pipeline.train.loop import _micro_step
+    from pipeline.train.trainer import micro_step
 
     engine = build_engine(_model().train(),
                           deepspeed_config(MICRO, ACCUM, world, stage, "fp32", use_gpu=False), **HYPER)  # fmt: skip
     for step in _micro_batches():
         for m in range(ACCUM):
-            _micro_step(engine, *step[rank][m], TRAIN)
+            micro_step(engine, *step[rank][m], TRAIN)
     weights = full_state_dict(engine.engine)
     if rank == 0:
         torch.save(weights, out)

@@ -1,13 +1,15 @@
-"""Training checkpoints: DeepSpeed's sharded engine state + loader cursor + RNG states + EMA.
+"""Training checkpoints: DeepSpeed's sharded engine state + the trainer's stateful components.
 
-One directory per checkpoint, written by every rank, then handed to Ray Train
-(`ray.train.report(checkpoint=...)`), which copies it under `<run.dir>/checkpoints/` and
-registers it only once every rank's part has arrived: a checkpoint Ray knows is complete, and a
-failed or killed write is never resumed from. Layout:
+One directory per checkpoint, written by every rank, then handed over (`WorkerContext.report`;
+under Ray, `ray.train.report(checkpoint=...)`), which copies it under `<run.dir>/checkpoints/`
+and registers it only once every rank's part has arrived: a checkpoint Ray knows is complete,
+and a failed or killed write is never resumed from. Layout:
   deepspeed/...          DeepSpeed's model + ZeRO optimizer shards (one file per rank)
-  train_state.json       step, loader cursor, MLflow run id, accumulated wall time (rank 0)
-  rng_rank{r}.json       torch / numpy / python RNG states of rank r
-  ema.safetensors        EMA weights, whole (rank 0 gathers every rank's slice)
+  <name>.json            a component's state, one for the run (rank 0 writes it)
+  <name>_rank{r}.json    a component's state per rank (RNG)
+  <name>.safetensors     a component's tensors, whole (the EMA: rank 0 gathers every slice)
+The trainer's components are `train_state` (step, loader cursor, counters, MLflow run id),
+`rng` and `ema`; whatever else has `state_dict` / `load_state_dict` can be added.
 
 A checkpoint written by W ranks resumes on W' ranks (ZeRO 1-3: `reshard`; stage 0 holds
 the whole state anyway); rank r' restores rng_rank{r'}.json where the old run had that rank.
@@ -22,9 +24,11 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,8 +39,19 @@ from pipeline.data.order import Cursor
 from pipeline.train import reshard
 
 DS_TAG = "deepspeed"
-STATE_FILE = "train_state.json"
-EMA_FILE = "ema.safetensors"
+
+
+class Stateful(Protocol):
+    """A component the checkpoint holds. `state_dict()` is called on every rank (it may be a
+    collective) and gives JSON-able values, or name -> tensor (then saved as safetensors);
+    `per_rank`: each rank keeps its own (else rank 0's is the run's); `required`: a checkpoint
+    without it is refused."""
+
+    per_rank: bool
+    required: bool
+
+    def state_dict(self) -> dict | None: ...
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -51,12 +66,28 @@ class TrainState:
     workers: int = 0  # the world size that wrote it (0: not recorded)
     history: list[dict] = field(default_factory=list)  # held-out evaluations so far
 
-    def to_json(self) -> dict:
+    per_rank = False
+    required = True
+
+    def state_dict(self) -> dict:
         return {**asdict(self), "cursor": self.cursor.state_dict()}
 
-    @classmethod
-    def from_json(cls, d: dict, num_samples: int) -> TrainState:
-        return cls(**{**d, "cursor": Cursor.from_state(d["cursor"], num_samples)})
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, Cursor.from_state(v, self.cursor.num_samples) if k == "cursor" else v)
+
+
+class RngState:
+    """torch / numpy / python RNG states of this process."""
+
+    per_rank = True
+    required = False  # an elastic resume's new ranks had none
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(state)
 
 
 def rng_state() -> dict:
@@ -76,16 +107,26 @@ def set_rng_state(d: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def save(engine, state: TrainState, ema, directory: str, rank: int) -> None:
-    """Every rank calls this (DeepSpeed's save is a collective)."""
+def _file(root: Path, name: str, part: Stateful, rank: int, tensors: bool) -> Path:
+    if part.per_rank:
+        return root / f"{name}_rank{rank}.json"
+    return root / f"{name}.{'safetensors' if tensors else 'json'}"
+
+
+def save(engine, states: dict[str, Stateful], directory: str, rank: int) -> None:
+    """Every rank calls this (DeepSpeed's save, and a gathering state_dict, are collectives)."""
     root = Path(directory)
     engine.save_checkpoint(str(root), tag=DS_TAG)
-    (root / f"rng_rank{rank}.json").write_text(json.dumps(rng_state()))
-    ema_tensors = ema.gathered(dst=0) if ema is not None else None  # a collective
-    if rank == 0:
-        (root / STATE_FILE).write_text(json.dumps(state.to_json()))
-        if ema_tensors is not None:
-            save_file(ema_tensors, str(root / EMA_FILE))
+    for name, part in states.items():
+        state = part.state_dict()
+        if state is None or not (part.per_rank or rank == 0):
+            continue
+        tensors = bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+        path = _file(root, name, part, rank, tensors)
+        if tensors:
+            save_file(state, str(path))
+        else:
+            path.write_text(json.dumps(state))
 
 
 @contextmanager
@@ -112,8 +153,8 @@ def weights_only_loads():
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
 
 
-def load(engine, ema, directory: str, rank: int, num_samples: int) -> TrainState:
-    """The engine, EMA and this rank's RNG from a checkpoint written by any number of ranks."""
+def load(engine, states: dict[str, Stateful], directory: str, rank: int) -> None:
+    """The engine and every component from a checkpoint written by any number of ranks."""
     root = Path(directory)
     saved_world = reshard.saved_world_size(root / DS_TAG)
     with weights_only_loads():
@@ -125,10 +166,37 @@ def load(engine, ema, directory: str, rank: int, num_samples: int) -> TrainState
             )
             if path is None:
                 raise RuntimeError(f"{root} holds no DeepSpeed checkpoint under tag {DS_TAG!r}")
-    state = TrainState.from_json(json.loads((root / STATE_FILE).read_text()), num_samples)
-    rng = root / f"rng_rank{rank}.json"
-    if rng.exists():
-        set_rng_state(json.loads(rng.read_text()))
-    if ema is not None and (root / EMA_FILE).exists():
-        ema.load(load_file(str(root / EMA_FILE)))
-    return state
+    for name, part in states.items():
+        json_file = _file(root, name, part, rank, tensors=False)
+        tensor_file = _file(root, name, part, rank, tensors=True)
+        if json_file.exists():
+            part.load_state_dict(json.loads(json_file.read_text()))
+        elif tensor_file.exists():
+            part.load_state_dict(load_file(str(tensor_file)))
+        elif part.required:
+            raise RuntimeError(f"{root} holds no {name!r} state")
+
+
+class Checkpointer:
+    """Saves the engine and the components every `every` steps and at the last, hands each
+    checkpoint over, and restores the latest; how many are kept is Ray's (`num_to_keep`)."""
+
+    def __init__(self, engine, states: dict[str, Stateful], every: int, steps: int, rank: int,
+                 report: Callable[[int, str], None], scratch: Callable,
+                 written: Callable[[int], None] = lambda step: None) -> None:  # fmt: skip
+        self.engine, self.states, self.every, self.steps = engine, states, every, steps
+        self.rank, self.report, self.scratch, self.written = rank, report, scratch, written
+        self.saved: int | None = None  # the latest checkpoint's step in this run
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.steps
+
+    def save(self, step: int) -> None:
+        with self.scratch() as tmp:
+            save(self.engine, self.states, tmp, self.rank)
+            self.written(step)
+            self.report(step, tmp)
+        self.saved = step
+
+    def restore(self, directory: str) -> None:
+        load(self.engine, self.states, directory, self.rank)

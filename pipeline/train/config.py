@@ -9,7 +9,8 @@ not divide. Steps come from the epoch budget (fractional budgets are valid).
 from __future__ import annotations
 
 import math
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -65,6 +66,20 @@ class DataSection(Section):
     storage_options: dict = Field(default_factory=dict)
 
 
+class CallbackSpec(Section):
+    """A trainer callback (pipeline.train.callbacks): `target(**args)`, built on every worker."""
+
+    target: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("target")
+    @classmethod
+    def _import_path(cls, target: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", target):
+            raise ValueError("expected package.module:Name")
+        return target
+
+
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0)
     global_batch: int = Field(4096, ge=1)
@@ -96,6 +111,7 @@ class TrainSection(Section):
     # Share of each micro-batch for the ascent; with SAM the logged `loss` is the loss at w on
     # that share (the descent's loss is at w + e), so below 1 it is the noisier of the two.
     sam_ascent_fraction: float = Field(1.0, gt=0, le=1)
+    callbacks: list[CallbackSpec] = Field(default_factory=list)  # after the built-in ones
 
 
 class InitSection(Section):

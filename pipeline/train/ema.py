@@ -95,6 +95,16 @@ class Ema:
             offset += size
         return out
 
+    # A checkpointed component (checkpoint.Stateful): whole, gathered on rank 0.
+    per_rank = False
+    required = False
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        return self.gathered(dst=0)
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load(tensors)
+
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         missing = set(self.names) - set(tensors)
         if missing:

@@ -18,7 +18,7 @@ from pipeline.storage import atomic_write
 RUN_CONFIG = "run_config.yaml"
 OPERATIONAL = ("run.mlflow_uri", "run.mlflow_parent", "run.experiment", "train.log_every",
                "train.eval_every", "train.checkpoint_every", "train.sample_log",
-               "train.max_nonfinite_steps", "train.activation_checkpointing",
+               "train.max_nonfinite_steps", "train.activation_checkpointing", "train.callbacks",
                "data.loader_workers", "data.storage_options", "data.expected_samples",
                "data.cache_dir", "data.cache_bytes", "data.prefetch_shards",
                "cluster.address", "cluster.max_failures", "cluster.cpus_per_worker",

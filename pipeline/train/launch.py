@@ -21,17 +21,15 @@ from pipeline.config import RunStopped, UserError
 from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.data.plan import cache_bytes
 from pipeline.storage import STORAGE_ENV, is_local
-from pipeline.train import memory, stopped
+from pipeline.train import callbacks, memory, preemption, stopped
 from pipeline.train.config import PretrainConfig, resolved_partitions
-from pipeline.train.faults import ENV as FAULT_ENV
 from pipeline.train.identity import check_same_run, recipe_changes, record_run_config
 from pipeline.train.tracking import default_tracking_uri
 from pipeline.train.warmstart import check_source
 
 # Passed through to the workers (storage emulators, credentials files, MLflow), never logged.
 PASS_ENV = (*STORAGE_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-            "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_URI",
-            *FAULT_ENV)  # fmt: skip
+            "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_URI")  # fmt: skip
 
 
 def absolute(url: str) -> str:
@@ -61,6 +59,7 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
     if val is not None and val.classes != train.classes:
         raise UserError(f"data.val {data.val} has a different class map than data.train")
     _check_cache(cfg, train)
+    _check_callbacks(cfg)
     local = not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
     if local and not cfg.cluster.use_gpu:  # every worker on this machine, states in its memory
         try:
@@ -85,6 +84,18 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
         raise UserError(f"run.dir={cfg.run.dir!r} is not writable")
     check_same_run(cfg)
     return cfg
+
+
+def _check_callbacks(cfg: PretrainConfig) -> None:
+    """Each train.callbacks target imports here (the workers run the same code)."""
+    for i, spec in enumerate(cfg.train.callbacks):
+        try:
+            callbacks.resolve(spec.target)
+        except (ImportError, AttributeError) as e:
+            raise UserError(
+                f"train.callbacks[{i}].target={spec.target!r} cannot be imported ({e}); expected"
+                " package.module:Name of a callback installed with the pipeline"
+            ) from None
 
 
 def _check_cache(cfg: PretrainConfig, train) -> None:
@@ -149,7 +160,7 @@ def launch(cfg: PretrainConfig) -> dict:
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.train.loop import train_worker
+    from pipeline.train.trainer import train_worker
 
     cfg = preflight(cfg)
     done = finished_summary(cfg)
@@ -168,8 +179,8 @@ def launch(cfg: PretrainConfig) -> dict:
     if not cl.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     env.update(cl.worker_env)
-    trainer = TorchTrainer(
-        train_worker,
+    trainer_args = dict(
+        train_loop_per_worker=train_worker,
         train_loop_config=cfg.model_dump(mode="json"),
         scaling_config=ScalingConfig(
             num_workers=(cl.min_workers, cl.workers) if cl.min_workers else cl.workers,
@@ -183,11 +194,19 @@ def launch(cfg: PretrainConfig) -> dict:
         ),
     )  # fmt: skip
     stopped.clear(cfg.run.dir)
-    try:
-        trainer.fit()
-        reason = stopped.reason(cfg.run.dir)  # the run stopped itself, or None
-    except TrainingFailedError as e:  # Ray's restarts are used up: the cause, in one line
-        reason = stopped.failure_reason(e, cfg.run.dir, cl.max_failures)
+    preemption.take(cfg.run.dir)  # one left by a driver that died before reading it
+    while True:
+        try:
+            TorchTrainer(**trainer_args).fit()
+            reason = stopped.reason(cfg.run.dir)  # the run stopped itself, or None
+        except TrainingFailedError as e:  # Ray's restarts are used up: the cause, in one line
+            reason = stopped.failure_reason(e, cfg.run.dir, cl.max_failures)
+        step = None if reason else preemption.take(cfg.run.dir)
+        if step is None:
+            break
+        # Each launch trains at least one step before it can be preempted: this ends.
+        print(f"preempted at step {step}: starting the workers again from its checkpoint"
+              " (not counted against cluster.max_failures)", flush=True)  # fmt: skip
     if reason:
         ray.shutdown()  # flushes the workers' forwarded output: the reason stays the last line
         raise RunStopped(reason)

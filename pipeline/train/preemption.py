@@ -1,0 +1,98 @@
+"""A preemption notice (SIGTERM) turned into a checkpoint instead of a lost interval.
+
+Spot and preemptible VMs get 30-120 s of notice: SIGTERM to the processes on the node. On it,
+a training worker sets a flag and goes on with its step. At the end of every step the ranks agree
+on the flag (one all-reduce of a scalar), so all of them stop after the same step: the trainer
+writes that step's checkpoint, hands it to Ray, leaves `<run.dir>/preempted.json` and returns.
+The driver sees the record, and starts the workers again from that checkpoint, which Ray does
+not count as a failure (`cluster.max_failures`): a preempted run loses nothing.
+
+Python runs signal handlers on the main thread, and only the main thread may install them. Ray
+Train runs the training function on a thread of its worker actor, whose main thread serves the
+actor's tasks (Ray's own handler there exits the process); so the handler is installed through
+a task on this very actor, which runs on that main thread.
+
+What a node's SIGTERM does to the raylet is the cluster's business: a shutdown script that
+signals the training workers first (infra/README.md) leaves them the notice period.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import fsspec
+import torch
+import torch.distributed as dist
+
+from pipeline.storage import atomic_write
+
+RECORD = "preempted.json"  # <run.dir>/preempted.json: the step a preempted launch checkpointed
+_NOTICE = threading.Event()  # set by the handler, read by the training thread
+_previous = None  # the handler ours replaced (Ray's exits): restored at the end of the run
+
+
+def _on_sigterm(signum, frame) -> None:
+    if _NOTICE.is_set():  # a second SIGTERM: the process ends as it would have without us
+        _restore()
+        os.kill(os.getpid(), signum)
+        return
+    _NOTICE.set()
+    print("SIGTERM: preemption notice; checkpointing after this step", flush=True)
+
+
+def _install() -> None:
+    global _previous
+    _previous = signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _restore() -> None:
+    global _previous
+    if _previous is not None:
+        signal.signal(signal.SIGTERM, _previous)
+        _previous = None
+
+
+def _on_main_thread(fn) -> None:
+    if threading.current_thread() is threading.main_thread():
+        fn()
+    else:  # a Ray Train worker: a task on its own actor runs on the actor's main thread
+        import ray
+
+        ray.get(ray.get_runtime_context().current_actor.execute.remote(fn))
+
+
+class PreemptionNotice:
+    """Listens for SIGTERM from construction to `close()`; `agreed()` at every step end."""
+
+    def __init__(self) -> None:
+        _NOTICE.clear()
+        _on_main_thread(_install)
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank got the notice (a collective: every rank, every step)."""
+        flag = torch.tensor(float(_NOTICE.is_set()), device=device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+    def close(self) -> None:
+        _on_main_thread(_restore)
+
+
+def record(run_dir: str, step: int) -> None:
+    fs, path = fsspec.core.url_to_fs(f"{run_dir.rstrip('/')}/{RECORD}")
+    atomic_write(fs, path, json.dumps({"step": step}).encode())
+
+
+def take(run_dir: str) -> int | None:
+    """The step a preempted launch checkpointed, clearing the record; None: not preempted."""
+    fs, path = fsspec.core.url_to_fs(f"{run_dir.rstrip('/')}/{RECORD}")
+    try:
+        step = json.loads(fs.cat_file(path))["step"]
+    except FileNotFoundError:
+        return None
+    fs.rm(path)
+    return step

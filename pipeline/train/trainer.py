@@ -1,0 +1,355 @@
+"""The trainer of one worker, top to bottom (SPEC §3-4). Every rank runs the same code; rank 0
+alone writes files outside checkpoints and talks to MLflow.
+
+    setup    config -> data (global order, this rank's slice) -> model -> DeepSpeed engine + AGC,
+             EMA, tracker, checkpointer, callbacks
+    resume   the latest complete checkpoint: engine and components (step, loader cursor,
+             counters, RNG, EMA), re-partitioned if another number of workers wrote it (a
+             fine-tune first loads its pretrained weights with a fresh head; a checkpoint wins)
+    train    train_step (LR from warmup+cosine, `accum` micro-batches of forward and backward,
+             AGC on the averaged gradient at the boundary, SGD, EMA), then the callbacks
+             (metrics, held-out evaluation, sample log, yours), then a checkpoint when due or
+             on a preemption notice; a step whose loss or gradient is not finite is skipped
+             (weights, momentum, EMA as they were) and too many in a row stop the run
+    finish   held-out loss (live and EMA weights), consolidated safetensors, summary, MLflow
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+
+import fsspec
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pipeline.config import dump_config
+from pipeline.data.loader import BatchPlan, micro_batch_seed
+from pipeline.data.order import Cursor
+from pipeline.data.transforms import normalize
+from pipeline.models import create_model
+from pipeline.optim.sam import ascent_count, perturbed
+from pipeline.optim.schedules import scaled_lr, warmup_cosine
+from pipeline.storage import atomic_write
+from pipeline.train import callbacks as cb
+from pipeline.train import context, memory, preemption, stopped, topology
+from pipeline.train.checkpoint import Checkpointer, RngState, TrainState
+from pipeline.train.compute import peak_tflops, sam_factor, train_flops_per_image
+from pipeline.train.config import (
+    PretrainConfig,
+    resolved_partitions,
+    resolved_precision,
+    solve_batch,
+    total_steps,
+    warmup_steps,
+)
+from pipeline.train.context import WorkerContext
+from pipeline.train.data import HeldOut, TrainData
+from pipeline.train.ema import Ema
+from pipeline.train.engine import build_engine, deepspeed_config, set_determinism
+from pipeline.train.export import save_safetensors, write_weights
+from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
+from pipeline.train.warmstart import load_weights, source_path
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train's entry point on every worker."""
+    cfg = PretrainConfig.model_validate(config)
+    Trainer(cfg, context.from_ray(cfg.cluster.use_gpu)).run()
+
+
+def micro_step(engine, images: torch.Tensor, labels: torch.Tensor, tc) -> tuple:
+    """Forward and backward of one micro-batch (update on the accumulation boundary); the loss
+    at the current weights and the AGC stats of an update. With SAM (SPEC §5) the backward runs
+    at w + e, e from this rank's own gradient on the first ascent_fraction (a step variant)."""
+
+    def loss_of(model, x, y):
+        return F.cross_entropy(model(x).float(), y, label_smoothing=tc.label_smoothing)
+
+    if not tc.sam_rho:
+        loss = loss_of(engine.engine, images, labels)
+        return loss.detach(), engine.micro_step(loss)
+    k = ascent_count(len(labels), tc.sam_ascent_fraction)
+    weights = [p for p in engine.module.parameters() if p.requires_grad]
+    # The ascent runs on the bare module: no engine hooks, no communication.
+    with perturbed(
+        weights, lambda: loss_of(engine.module, images[:k], labels[:k]), tc.sam_rho
+    ) as loss:
+        engine.backward(loss_of(engine.engine, images, labels))
+    return loss, engine.step()
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, ctx: WorkerContext,
+                 callbacks: list[cb.Callback] = ()) -> None:  # fmt: skip
+        self.cfg, self.ctx = cfg, ctx
+        self.rank, self.world, self.device = ctx.rank, ctx.world, ctx.device
+        self.extra_callbacks = list(callbacks)
+
+    def run(self) -> None:
+        if not self.setup():
+            return
+        self.resume()
+        self.callbacks.on_train_start(self)
+        try:
+            outcome = self.train()
+            if outcome == "finished":
+                self.finish()
+        finally:
+            self.batches.close()  # the shard cache goes with it
+            self.preemption.close()
+            self.callbacks.on_train_end(self)
+
+    # ---- setup ------------------------------------------------------------------------------
+    def setup(self) -> bool:
+        """Builds every component; False (with a stop record) when the run cannot fit."""
+        cfg, tc, rank = self.cfg, self.cfg.train, self.rank
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+        set_determinism(tc.deterministic)
+        self.data = TrainData.open(cfg.data, cfg.run.seed, resolved_partitions(cfg))
+        self.heldout = HeldOut(cfg.data) if cfg.data.val else None
+        self.num_samples = self.data.num_samples
+        self.classes = cfg.model.num_classes or len(self.data.store.classes)
+        self.micro, self.accum = solve_batch(tc, self.world)
+        self.steps = total_steps(tc, self.num_samples)
+        self.warm = warmup_steps(tc, self.num_samples, self.steps)
+        self.peak_lr = scaled_lr(tc.base_lr, tc.global_batch, tc.reference_batch)
+        self.precision = resolved_precision(tc, cfg.cluster.use_gpu)
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        try:  # refuse in one line what would be OOM-killed mid-step; Ray must not retry it
+            self.memory_need = None if cfg.cluster.use_gpu else memory.check_worker(
+                cfg, self.classes, self.world, self.ctx.local_world)  # fmt: skip
+        except MemoryError as e:
+            if rank == 0:
+                stopped.record(cfg.run.dir, str(e), 0)
+            return False
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank and attempt
+        model = self.new_model().to(self.device)
+        model.set_grad_checkpointing(tc.activation_checkpointing)
+        self.params = sum(p.numel() for p in model.parameters())
+        if cfg.init.from_run:
+            source = source_path(cfg.init)
+            fresh = load_weights(model, source, cfg.init.keep_head)
+            self.say(f"weights from {source}; initialised afresh: {', '.join(fresh) or 'none'}")
+        self.ds_config = deepspeed_config(self.micro, self.accum, self.world, cfg.cluster.zero_stage,
+                                          self.precision, cfg.cluster.use_gpu, self.params)  # fmt: skip
+        self.flops_per_image = train_flops_per_image(
+            cfg.model.name, self.classes, cfg.data.resolution
+        ) * sam_factor(tc.sam_rho, tc.sam_ascent_fraction)
+        self.peak_tflops = peak_tflops(tc.peak_tflops, cfg.cluster.use_gpu)
+        self.engine = build_engine(model, self.ds_config, self.peak_lr, tc.momentum, tc.nesterov,
+                                   tc.weight_decay, tc.agc_clipping, tc.agc_eps)  # fmt: skip
+        self.ema = Ema(self.engine.engine, tc.ema_decay) if tc.ema_decay else None
+        self.state = TrainState(0, Cursor(cfg.run.seed, 0, self.num_samples))
+        states = {"train_state": self.state, "rng": RngState()}
+        if self.ema is not None:
+            states["ema"] = self.ema
+        self.checkpointer = Checkpointer(
+            self.engine.engine, states, tc.checkpoint_every, self.steps, rank, self.ctx.report,
+            context.scratch_dir, lambda step: self.callbacks.on_checkpoint_written(self, step))  # fmt: skip
+        builtin = [cb.SampleLog()] if tc.sample_log else []
+        builtin += [cb.MetricLog(tc.log_every), cb.HeldOutEval(tc.eval_every)]
+        self.callbacks = cb.Callbacks(builtin + cb.from_specs(tc.callbacks) + self.extra_callbacks)
+        self.preemption = preemption.PreemptionNotice()
+        return True
+
+    def new_model(self) -> torch.nn.Module:
+        cfg = self.cfg.model
+        pairs = (("drop_rate", cfg.drop_rate), ("stochdepth_rate", cfg.stochdepth_rate))
+        overrides = {k: v for k, v in pairs if v is not None}
+        return create_model(cfg.name, num_classes=self.classes, **overrides)
+
+    # ---- resume -----------------------------------------------------------------------------
+    def resume(self) -> None:
+        cfg, tc, state = self.cfg, self.cfg.train, self.state
+        with self.ctx.latest() as directory:
+            if directory is not None:
+                self.checkpointer.restore(directory)
+                self.checkpointer.saved = state.step
+                was = (
+                    f", written by {state.workers} workers"
+                    if state.workers not in (0, self.world)
+                    else ""
+                )
+                self.say(f"resuming from step {state.step} of {self.steps} ({state.cursor.position}"
+                         f" samples{was}) on {topology.describe(self.ctx.placement)}")  # fmt: skip
+        state.workers = self.world
+        self.tracker = self._tracker()
+        state.mlflow_run_id = self.tracker.run_id
+        nodes = topology.nodes(self.ctx.placement)
+        self.tracker.log_params(cfg.model_dump(mode="json") | {"derived": dict(
+            micro_batch=self.micro, grad_accum=self.accum, workers=self.world, steps=self.steps,
+            warmup_steps=self.warm, peak_lr=self.peak_lr, precision=self.precision,
+            num_samples=self.num_samples, classes=self.classes, nodes=nodes)})  # fmt: skip
+        self.tracker.log_metrics({"workers": self.world, "nodes": nodes}, state.step)
+        if state.step == 0:
+            self.say(f"{cfg.model.name} ({self.params:,} params): {self.steps} steps of {tc.global_batch} ="
+                     f" {self.world} workers x {self.accum} x {self.micro}, ZeRO-{cfg.cluster.zero_stage},"
+                     f" {self.precision}; {topology.describe(self.ctx.placement)}")  # fmt: skip
+        plan = BatchPlan(tc.global_batch, self.micro, self.world, self.rank)
+        self.batches = self.data.micro_batches(plan, state.cursor.position, self.steps - state.step,
+                                               cfg.data.loader_workers, log=self.say_all)  # fmt: skip
+        self.losses: list[torch.Tensor] = []  # stays empty when a finished run is launched again
+
+    def _tracker(self) -> Tracker:
+        run = self.cfg.run
+        if self.rank != 0:
+            return Tracker()
+        uri = run.mlflow_uri or default_tracking_uri(run.dir)
+        name = os.path.basename(run.dir.rstrip("/"))
+        return MlflowTracker(uri, run.experiment, name, run.dir, self.state.mlflow_run_id,
+                             run.mlflow_parent)  # fmt: skip
+
+    # ---- train ------------------------------------------------------------------------------
+    def train(self) -> str:
+        """Steps to the end; 'finished', 'stopped' (non-finite) or 'preempted'."""
+        for step in range(self.state.step, self.steps):
+            info = self.train_step(step)
+            self.callbacks.on_step_end(self, info)
+            preempted = self.preemption.agreed(self.device)
+            if self.checkpointer.due(self.state.step) or preempted:
+                self.checkpointer.save(self.state.step)  # skips changed no weights
+            if preempted:
+                self._preempted()
+                return "preempted"
+            if self.state.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+                self._stop_nonfinite()
+                return "stopped"
+        return "finished"
+
+    def train_step(self, step: int) -> cb.StepInfo:
+        """One optimizer step (0-based `step`): `accum` micro-batches, AGC, SGD, EMA."""
+        state, tc = self.state, self.cfg.train
+        start = time.perf_counter()
+        lr = self.peak_lr * warmup_cosine(step, self.steps, self.warm)
+        self.engine.set_lr(lr)
+        losses, ids, skipped, clip, waited = [], [], 0, None, 0.0
+        for _ in range(self.accum):
+            batch = next(self.batches)
+            images = normalize(batch["images"].to(self.device), self.dtype)
+            images = self.callbacks.on_micro_batch(self, step, images)
+            torch.manual_seed(micro_batch_seed(self.cfg.run.seed, batch["position"]))  # dropout
+            loss, stats = micro_step(self.engine, images, batch["labels"].to(self.device), tc)
+            self.callbacks.after_backward(self, step)
+            clip = stats or clip
+            losses.append(loss)
+            ids += batch["sample_ids"].tolist()
+            skipped += len(batch["skipped"])
+            waited += batch["wait_s"]
+        if clip.skipped:  # some rank's loss or the averaged gradient was not finite
+            state.skipped_steps += 1
+            state.nonfinite_streak += 1
+            self.say(f"step {step + 1}: non-finite loss or gradient, update skipped"
+                     f" ({state.nonfinite_streak} in a row, {state.skipped_steps} in all)")  # fmt: skip
+        else:
+            state.nonfinite_streak = 0
+            if self.ema is not None:
+                self.ema.update(self.engine.engine, step)
+        state.step, state.cursor.position = step + 1, state.cursor.position + tc.global_batch
+        state.elapsed_s += time.perf_counter() - start
+        state.skipped_samples += skipped
+        self.losses = losses
+        return cb.StepInfo(state.step, self.steps, lr, losses, clip, ids, waited, start)
+
+    def evaluate(self, model=None, dtype: torch.dtype | None = None) -> dict:
+        """Held-out loss/top-1/top-5 of the live weights (or `model`); {} without data.val."""
+        if self.heldout is None:
+            return {}
+        return self.heldout.loss(model or self.engine.engine, self.rank, self.world, self.micro,
+                                 self.device, dtype or self.dtype)  # fmt: skip
+
+    def _preempted(self) -> None:
+        step = self.state.step
+        self.say(f"preempted: step {step} is checkpointed; the run goes on from it")
+        if self.rank == 0:
+            preemption.record(self.cfg.run.dir, step)
+        self.tracker.close(status="KILLED")
+
+    def _stop_nonfinite(self) -> None:
+        """Every rank stops here together (the skip is agreed); rank 0 leaves the record."""
+        state, saved = self.state, self.checkpointer.saved
+        n, limit = state.nonfinite_streak, self.cfg.train.max_nonfinite_steps
+        kept = "no checkpoint was written yet" if saved is None else (
+            f"the latest checkpoint (step {saved}) is intact")  # fmt: skip
+        reason = (f"stopped at step {state.step}: {n} steps in a row had a non-finite loss or"
+                  f" gradient (train.max_nonfinite_steps={limit}); the weights are those of step"
+                  f" {state.step - n} and {kept}; expected finite steps: lower train.base_lr in a"
+                  " new run.dir, or check the data")  # fmt: skip
+        self.say(reason)
+        if self.rank == 0:
+            stopped.record(self.cfg.run.dir, reason, state.step)
+        self.tracker.close(status="FAILED")
+
+    # ---- finish -----------------------------------------------------------------------------
+    def finish(self) -> dict:
+        cfg, rank, state = self.cfg, self.rank, self.state
+        evaluation = self.evaluate()
+        fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir.rstrip('/')}/final")
+        if rank == 0:
+            fs.makedirs(root, exist_ok=True)
+        meta = {"model": cfg.model.name, "classes": str(self.classes), "step": str(state.step)}
+        # A collective (every rank); rank 0 streams the weights to the file, one parameter at a time.
+        buffers = write_weights(self.engine.engine, fs, f"{root}/model.safetensors", meta,
+                                write=rank == 0)  # fmt: skip
+        ema_eval = {}
+        if self.ema is not None:
+            plain = self.new_model()
+            averaged = {**self.ema.gathered(), **buffers}  # a collective: every rank evaluates
+            plain.load_state_dict(averaged)
+            ema_eval = self.evaluate(plain.to(self.device), torch.float32)
+        images = state.step * cfg.train.global_batch
+        summary = {
+            "model": cfg.model.name, "params": self.params, "classes": self.classes,
+            "steps": self.steps, "global_batch": cfg.train.global_batch, "images_seen": images,
+            "epochs": images / state.cursor.num_samples, "flops_per_image": self.flops_per_image,
+            "train_flops": self.flops_per_image * images, "train_seconds": state.elapsed_s,
+            "device_hours": state.elapsed_s * self.world / 3600,
+            "final_train_loss": self.mean(torch.stack(self.losses).mean()) if self.losses else None,
+            "heldout_loss": evaluation.get("loss"), "heldout_top1": evaluation.get("top1"),
+            "heldout_top5": evaluation.get("top5"), "heldout_loss_ema": ema_eval.get("loss"),
+            "heldout_top1_ema": ema_eval.get("top1"), "heldout_top5_ema": ema_eval.get("top5"),
+            "resolution": cfg.data.resolution,
+            "eval_resolution": cfg.data.eval_resolution or cfg.data.resolution,
+            "init_from": source_path(cfg.init) if cfg.init.from_run else None,
+            "heldout_history": state.history, "skipped_samples": state.skipped_samples,
+            "skipped_steps": state.skipped_steps,
+            "peak_rss_gib": memory.gathered_peaks(), "step_seconds": state.elapsed_s / self.steps,
+            "memory_estimate_gib": self.memory_need / memory.GIB if self.memory_need else None,
+            "workers": self.world, "placement": self.ctx.placement,
+            "zero_stage": cfg.cluster.zero_stage, "data_io": self.data.io_summary(),
+            "run_dir": cfg.run.dir,
+            "mlflow_run_id": state.mlflow_run_id, "deepspeed": self.ds_config,
+        }  # fmt: skip
+        if rank == 0:
+            if self.ema is not None:
+                save_safetensors(fs, f"{root}/model_ema.safetensors", averaged, meta)
+            atomic_write(fs, f"{root}/config.yaml", dump_config(cfg).encode())
+            atomic_write(fs, f"{root}/summary.json", json.dumps(summary, indent=1).encode())
+            self.say(f"done: held-out loss {summary['heldout_loss']}, {images} images,"
+                     f" {summary['train_flops']:.3g} FLOPs -> {cfg.run.dir}/final")  # fmt: skip
+        tracker = self.tracker
+        tracker.log_metrics({k: v for k, v in summary.items() if k.startswith("heldout_")
+                             and isinstance(v, float)}, state.step)  # fmt: skip
+        tracker.log_metrics({k: summary[k] for k in ("train_flops", "device_hours")}, state.step)
+        tracker.log_text(json.dumps(summary, indent=1), "summary.json")
+        tracker.log_text(dump_config(cfg), "config.yaml")
+        tracker.close()
+        return summary
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def mean(self, x: torch.Tensor) -> float:
+        """The mean over ranks of a scalar (a collective)."""
+        x = x.detach().float().clone()
+        if dist.is_initialized():
+            dist.all_reduce(x)
+        return x.item() / self.world
+
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, flush=True)
+
+    def say_all(self, message: str) -> None:
+        print(message, flush=True)

@@ -1,0 +1,98 @@
+"""The trainer as components, without Ray (pipeline.testing.local): a callback added without
+touching the trainer sees every step; a SIGTERM to one rank mid-step ends the run after that
+step with its checkpoint, and the next launch resumes from it to bitwise the uninterrupted
+weights. The Ray path of the same notice is in tests/test_pretrain.py (kill, then preempt)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from pipeline.config import build_config
+from pipeline.testing import faults
+from pipeline.testing.local import local_context
+from pipeline.testing.spawn import spawn
+from pipeline.train import preemption
+from pipeline.train.callbacks import Callback
+from pipeline.train.config import PretrainConfig
+from pipeline.train.trainer import Trainer
+
+STEPS = 5  # 2 epochs of 40 images in batches of 16
+
+
+class StepRecorder(Callback):
+    """A new per-step callback: what each step looked like, and how the run ended."""
+
+    def __init__(self) -> None:
+        self.steps, self.ends = [], 0
+
+    def on_step_end(self, trainer, info):
+        self.steps.append({"step": info.step, "lr": info.lr, "ids": len(info.sample_ids),
+                           "skipped": info.skipped})  # fmt: skip
+
+    def on_train_end(self, trainer):
+        self.ends += 1
+
+
+def _config(data: str, run_dir: str, *extra: dict) -> PretrainConfig:
+    tree = {
+        "run": {"dir": run_dir},
+        "model": {"name": "nfnet_nano0"},
+        "data": {"train": f"{data}/train", "train_prefix": "train", "val": f"{data}/val",
+                 "val_prefix": "val", "resolution": 32, "eval_resolution": 32,
+                 "val_samples": 16},
+        "train": {"epochs": 2.0, "global_batch": 16, "micro_batch": 4, "ema_decay": 0.99,
+                  "eval_every": 2, "checkpoint_every": 100, "log_every": 1},
+        "cluster": {"workers": 2},
+    }  # fmt: skip
+    for more in extra:
+        tree["train"].update(more)
+    return build_config(PretrainConfig, tree)
+
+
+def _worker(rank: int, world: int, data: str, tmp: str) -> None:
+    record = {}
+    for name, cfg in (
+        ("reference", _config(data, f"{tmp}/reference")),
+        (
+            "preempted",
+            _config(data, f"{tmp}/preempted", {"callbacks": [faults.spec(term="2")]}),
+        ),  # mid step 3
+        ("resumed", _config(data, f"{tmp}/preempted")),  # launched again, no faults
+    ):
+        recorder = StepRecorder()
+        Trainer(cfg, local_context(cfg.run.dir), callbacks=[recorder]).run()
+        record[name] = {"steps": recorder.steps, "ends": recorder.ends,
+                        "finished": Path(cfg.run.dir, "final", "summary.json").exists(),
+                        "preempted_at": preemption.take(cfg.run.dir) if rank == 0 else None}  # fmt: skip
+    if rank == 0:
+        Path(tmp, "record.json").write_text(json.dumps(record))
+
+
+def test_a_callback_sees_every_step_and_sigterm_checkpoints_the_step_then_resumes_bitwise(
+    tiny_data, tmp_path
+):
+    spawn(_worker, 2, str(tiny_data), str(tmp_path))
+    record = json.loads((tmp_path / "record.json").read_text())
+    reference, preempted, resumed = record["reference"], record["preempted"], record["resumed"]
+    assert [s["step"] for s in reference["steps"]] == list(range(1, STEPS + 1))
+    assert all(s["ids"] == 8 and not s["skipped"] for s in reference["steps"])  # 16 / 2 ranks
+    assert reference["ends"] == 1 and reference["preempted_at"] is None
+    # SIGTERM after the first backward of 0-based step 2: step 3 finishes and is checkpointed.
+    assert [s["step"] for s in preempted["steps"]] == [1, 2, 3] and preempted["ends"] == 1
+    assert preempted["preempted_at"] == 3
+    assert (tmp_path / "preempted" / "faults" / "terminated-term-2").exists()
+    assert not preempted["finished"] and resumed["finished"]
+    assert [s["step"] for s in resumed["steps"]] == [4, 5]
+    assert preempted["steps"] + resumed["steps"] == reference["steps"]  # same LRs, same batches
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        ours = load_file(str(tmp_path / "preempted" / "final" / name))
+        theirs = load_file(str(tmp_path / "reference" / "final" / name))
+        assert ours.keys() == theirs.keys()
+        assert all(ours[k].equal(theirs[k]) for k in theirs), name
+    summary = json.loads((tmp_path / "preempted" / "final" / "summary.json").read_text())
+    first = json.loads((tmp_path / "reference" / "final" / "summary.json").read_text())
+    assert summary["heldout_loss"] == first["heldout_loss"]
+    assert [h["step"] for h in summary["heldout_history"]] == [2, 4]
