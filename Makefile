@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 # The default suite: every real end-to-end path (Ray + DeepSpeed runs, kill -9 and resume, the
 # demo chain at a reduced size); the slow group (big models, extra ZeRO stages) runs alone.
 test: setup
-	$(PY) -m pytest -q -m "not slow" --durations=15
+	$(PY) -m pytest -q -m "not slow" --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not e2e"

@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.train.launch import launch  # Ray and DeepSpeed load only for a real run
 
     s = launch(cfg)
-    ema = "" if s["heldout_top1_ema"] is None else f", EMA top-1 {s['heldout_top1_ema']:.4f}"
-    print(f"finetune: top-1 {s['heldout_top1']:.4f}, top-5 {s['heldout_top5']:.4f}, loss"
-          f" {s['heldout_loss']:.4f} at {s['eval_resolution']} px{ema}; {s['steps']} steps"
-          f" at {s['resolution']} px -> {s['run_dir']}/final")  # fmt: skip
+    ema = "" if s.heldout_top1_ema is None else f", EMA top-1 {s.heldout_top1_ema:.4f}"
+    print(f"finetune: top-1 {s.heldout_top1:.4f}, top-5 {s.heldout_top5:.4f}, loss"
+          f" {s.heldout_loss:.4f} at {s.eval_resolution} px{ema}; {s.steps} steps"
+          f" at {s.resolution} px -> {s.run_dir}/final")  # fmt: skip
     return 0
 
 

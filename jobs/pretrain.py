@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.train.launch import launch  # Ray and DeepSpeed load only for a real run
 
     summary = launch(cfg)
-    print(f"pretrain: held-out loss {summary['heldout_loss']:.4f} after {summary['steps']} steps,"
-          f" {summary['train_flops']:.3g} FLOPs -> {summary['run_dir']}/final")  # fmt: skip
+    print(f"pretrain: held-out loss {summary.heldout_loss:.4f} after {summary.steps} steps,"
+          f" {summary.train_flops:.3g} FLOPs -> {summary.run_dir}/final")  # fmt: skip
     return 0
 
 

@@ -1,5 +1,4 @@
-"""nfscale: distributed NFNet pretraining pipeline (ingest, dedup, pretrain, finetune, sweep, fit)."""
+"""nfscale: distributed NFNet pretraining pipeline (ingest, dedup, pretrain, finetune, sweep, fit).
 
-from pipeline.storage import set_storage_defaults
-
-set_storage_defaults()  # every process that imports the pipeline: drivers, Ray tasks, workers
+Importing it changes nothing in the process: the jobs, Ray tasks and training workers that touch
+object storage set its defaults themselves (`pipeline.storage.set_storage_defaults`)."""

@@ -78,3 +78,21 @@ def test_ingest_job_and_its_bad_input(tmp_path):
         bad = run("jobs/ingest.py", *args)
         assert bad.returncode == 2 and message in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_importing_the_library_changes_nothing_and_jobs_need_no_path_edits(tmp_path):
+    """`import pipeline...` leaves fsspec's config and the imported modules alone (storage
+    defaults are the jobs' and workers' to set), and the jobs import the library as installed:
+    run from another folder, with no sys.path edit of their own."""
+    probe = ("import sys, fsspec; import pipeline.models, pipeline.train.config;"
+             " print('aiohttp' in sys.modules, 'gs' in fsspec.config.conf)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr
+    for job in sorted((ROOT / "jobs").glob("*.py")):
+        assert "sys.path" not in job.read_text(), job.name
+    out = subprocess.run([sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--dry-run",
+                          "--config", str(ROOT / "configs" / "pretrain" / "nano.yaml"),
+                          "data.expected_samples=1000"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "nfnet_nano0" in out.stdout, out.stderr[-2000:]

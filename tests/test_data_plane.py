@@ -128,9 +128,9 @@ def test_one_epoch_on_gs_downloads_each_shard_once_at_any_world_size(tmp_path, r
             counts.reset_reads()
             summary = _pretrain(tmp_path / "run")
             laion = sum(s.bytes for s in index.shards)
-            assert summary["steps"] == 5 and summary["images_seen"] == 40
+            assert summary.steps == 5 and summary.images_seen == 40
             assert (tmp_path / "run" / "final" / "model.safetensors").exists()
-            assert summary["data_io"]["bad_shards"] == [] and summary["skipped_samples"] == 0
+            assert summary.data_io["bad_shards"] == [] and summary.skipped_samples == 0
             assert laion <= _tar_bytes(counts, "laion/") <= 1.05 * laion
         finally:
             ray.shutdown()

@@ -217,9 +217,9 @@ def test_kill_whole_job_then_a_preempted_rerun_resume_bitwise(
     assert "Ray" not in done.stdout + done.stderr  # nothing was started
     _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
     same = load_config(PretrainConfig, "configs/pretrain/nano.yaml", _args(tiny_data, run_dir))
-    assert finished_summary(preflight(same))["steps"] == STEPS
+    assert finished_summary(preflight(same)).steps == STEPS
     cadence = same.model_copy(update={"train": same.train.model_copy(update={"log_every": 3})})
-    assert finished_summary(preflight(cadence))["steps"] == STEPS  # operational: still done
+    assert finished_summary(preflight(cadence)).steps == STEPS  # operational: still done
     changed = same.model_copy(update={"train": same.train.model_copy(update={"epochs": 9.6})})
     with pytest.raises(UserError, match=r"another config \(train\.epochs: 4\.8 -> 9\.6\)"):
         preflight(changed)  # never resumes these checkpoints under another recipe

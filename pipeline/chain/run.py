@@ -117,8 +117,8 @@ def run_chain(cfg: ChainConfig) -> dict:
     summary = {
         "report": str(report / "report.html"), "results": outcome.results,
         "duplicates": str(audit), "best_point": best["point"],
-        "finetune": {k: tuned[k] for k in ("heldout_top1", "heldout_top5", "heldout_loss",
-                                           "resolution", "eval_resolution", "run_dir")},
+        "finetune": tuned.model_dump(include={"heldout_top1", "heldout_top5", "heldout_loss",
+                                              "resolution", "eval_resolution", "run_dir"}),
         "parametric": doc["parametric"], "mlflow_uri": outcome.tracking_uri,
         "minutes": (time.perf_counter() - started) / 60,
     }  # fmt: skip

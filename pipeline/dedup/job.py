@@ -46,7 +46,7 @@ from pipeline.dedup.pool_unit import Labels, done, filter_unit, names, unit_fing
 from pipeline.dedup.reference_job import ensure_index, existing, load_local
 from pipeline.dedup.units import IMAGES_PER_UNIT, Unit, plan_units
 from pipeline.ingest.sources import expand_shards
-from pipeline.storage import STORAGE_ENV, is_local
+from pipeline.storage import STORAGE_ENV, is_local, set_storage_defaults
 
 
 class DedupJobConfig(Section):
@@ -89,6 +89,7 @@ class DedupWorker:
     """Filters pool units against the reference index it loaded (a Ray actor, or inline)."""
 
     def __init__(self, cfg: dict, index: str, labels: Labels) -> None:
+        set_storage_defaults()  # a Ray actor's process
         self.cfg = DedupJobConfig.model_validate(cfg)
         refs = load_local(index, self.cfg.storage_options, self.cfg.search, self.cfg.nprobe)
         self.filter = DedupFilter(refs, DedupConfig(

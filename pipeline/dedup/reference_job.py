@@ -25,7 +25,7 @@ from pipeline.dedup import ann
 from pipeline.dedup.features import Record
 from pipeline.dedup.references import VECTORS_VERSION, ReferenceSet
 from pipeline.dedup.units import Unit, unit_records
-from pipeline.storage import atomic_write, is_local
+from pipeline.storage import atomic_write, is_local, with_storage_defaults
 
 JOB_FILE = "job.json"
 
@@ -105,7 +105,7 @@ def _build_parts(units, opts, view_side, parallel, progress) -> list[ReferenceSe
         return parts
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=3)(reference_part)
+    task = ray.remote(num_cpus=1, max_retries=3)(with_storage_defaults(reference_part))
     refs = [task.remote(unit, opts, view_side) for unit in units]
     pending = list(refs)
     while pending:

@@ -38,7 +38,7 @@ from pipeline.data.manifest import (
     write_json_atomic,
 )
 from pipeline.ingest.sources import expand_shards, is_image, split_name
-from pipeline.storage import STORAGE_ENV
+from pipeline.storage import STORAGE_ENV, with_storage_defaults
 
 LABEL_MEMBERS = ("cls", "json", "txt")
 
@@ -276,7 +276,7 @@ def _run(args: list[tuple], parallel: bool, bar: tqdm):
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
         ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=False)
-    task = ray.remote(num_cpus=1, max_retries=3)(index_one)
+    task = ray.remote(num_cpus=1, max_retries=3)(with_storage_defaults(index_one))
     pending = [task.remote(*a) for a in args]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)

@@ -23,7 +23,7 @@ from pipeline.ingest.encode import EncodeSettings
 from pipeline.ingest.plan import ShardPlan, class_names, plan_shards
 from pipeline.ingest.sources import Item, enumerate_items
 from pipeline.ingest.writer import existing_index, index_name, write_shard
-from pipeline.storage import STORAGE_ENV
+from pipeline.storage import STORAGE_ENV, with_storage_defaults
 
 
 class IngestConfig(Section):
@@ -56,7 +56,7 @@ def _run_ray(todo: list[ShardPlan], args: tuple, bar: tqdm) -> list[ShardIndex]:
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
         ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=False)
-    task = ray.remote(num_cpus=1, max_retries=3)(write_shard)
+    task = ray.remote(num_cpus=1, max_retries=3)(with_storage_defaults(write_shard))
     refs = [task.remote(plan, *args) for plan in todo]
     pending = list(refs)
     while pending:

@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass
 
 from pipeline.config import UserError
+from pipeline.storage import with_storage_defaults
 from pipeline.sweep.config import SweepConfig, point_config
 from pipeline.sweep.plan import Grid, LrSearch, Point
 from pipeline.sweep.results import ResultsTable
 from pipeline.train.config import PretrainConfig
 from pipeline.train.launch import absolute, init_ray, preflight
+from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import MlflowTracker, default_tracking_uri
 
 
@@ -71,9 +73,9 @@ class Sweep:
         return configs[0]
 
     def record(
-        self, p: Point, status: str, summary: dict | None, wall: float, error: str = ""
+        self, p: Point, status: str, summary: RunSummary | None, wall: float, error: str = ""
     ) -> dict:
-        s = summary or {}
+        s = summary.model_dump() if summary else {}
         row = {
             "model": p.model, "params": s.get("params"), "epochs": p.epochs,
             "lr": self.config(p).train.base_lr, "images_seen": s.get("images_seen"),
@@ -98,7 +100,7 @@ def _capacity(cfg: PretrainConfig) -> int:
     return max(1, int(have.get("CPU", 1) // (cl.workers * cl.cpus_per_worker)))
 
 
-def _launch_point(config: dict) -> dict:
+def _launch_point(config: dict) -> RunSummary:
     from pipeline.train.launch import launch  # in the task's process
 
     return launch(PretrainConfig.model_validate(config))
@@ -131,7 +133,9 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
         if queue and task is None:
             init_ray(first)
             limit = cfg.sweep.max_concurrent or _capacity(first)
-            task = ray.remote(num_cpus=0, max_retries=0)(_launch_point)  # Train restarts
+            task = ray.remote(num_cpus=0, max_retries=0)(
+                with_storage_defaults(_launch_point)
+            )  # Train restarts
             print(f"sweep: up to {limit} point(s) at once", flush=True)
         while queue and len(running) < limit:
             p = queue.pop(0)
@@ -147,10 +151,10 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
             summary, status, error = None, "failed", (str(e).strip().splitlines() or [repr(e)])[-1]
         outcomes[p.name] = sweep.record(p, status, summary, time.perf_counter() - start, error)
         done[status].append(p.name)
-        loss = f"held-out loss {summary['heldout_loss']:.4f}" if summary else error
+        loss = f"held-out loss {summary.heldout_loss:.4f}" if summary else error
         print(f"sweep: {p.name} {status}: {loss}", flush=True)
         if summary:
-            tracker.log_metrics({f"heldout_loss/{p.name}": summary["heldout_loss"]}, 0)
+            tracker.log_metrics({f"heldout_loss/{p.name}": summary.heldout_loss}, 0)
     if sweep.table.fs.exists(sweep.table.root):
         tracker.log_text(sweep.table.fs.cat_file(sweep.table.root).decode(), "results.csv")
     tracker.log_text(json.dumps(done, indent=1), "outcome.json")

@@ -8,7 +8,6 @@ same run.dir restores Ray's record of them and the workers resume from the lates
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from pipeline.storage import STORAGE_ENV, is_local
 from pipeline.train import callbacks, memory, preemption, stopped
 from pipeline.train.config import PretrainConfig, resolved_partitions
 from pipeline.train.identity import check_same_run, recipe_changes, record_run_config
+from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import default_tracking_uri
 from pipeline.train.warmstart import check_source
 
@@ -122,13 +122,13 @@ def _check_cache(cfg: PretrainConfig, train) -> None:
             )
 
 
-def finished_summary(cfg: PretrainConfig) -> dict | None:
+def finished_summary(cfg: PretrainConfig) -> RunSummary | None:
     """The run's summary when run.dir holds a finished run of this recipe (operational keys
     may differ): launching it again then starts nothing. Preflight refuses another recipe."""
     fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir}/final")
     try:
         written = yaml.safe_load(fs.cat_file(f"{root}/config.yaml"))
-        summary = json.loads(fs.cat_file(f"{root}/summary.json"))
+        summary = RunSummary.read(cfg.run.dir)
     except FileNotFoundError:
         return None
     return None if recipe_changes(written, cfg.model_dump(mode="json")) else summary
@@ -148,7 +148,7 @@ def init_ray(cfg: PretrainConfig) -> None:
              dashboard_host="127.0.0.1", log_to_driver=True)  # fmt: skip
 
 
-def launch(cfg: PretrainConfig) -> dict:
+def launch(cfg: PretrainConfig) -> RunSummary:
     """Run training to completion (resuming if run.dir has checkpoints); returns the summary."""
     import ray
     from ray.train import (
@@ -165,7 +165,7 @@ def launch(cfg: PretrainConfig) -> dict:
     cfg = preflight(cfg)
     done = finished_summary(cfg)
     if done is not None:
-        print(f"{cfg.run.dir} finished before ({done['steps']} steps, same config):"
+        print(f"{cfg.run.dir} finished before ({done.steps} steps, same config):"
               " nothing to do", flush=True)  # fmt: skip
         return done
     record_run_config(cfg)
@@ -210,5 +210,4 @@ def launch(cfg: PretrainConfig) -> dict:
     if reason:
         ray.shutdown()  # flushes the workers' forwarded output: the reason stays the last line
         raise RunStopped(reason)
-    fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir}/final/summary.json")
-    return json.loads(fs.cat_file(root))
+    return RunSummary.read(cfg.run.dir)

@@ -16,7 +16,6 @@ alone writes files outside checkpoints and talks to MLflow.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -33,7 +32,7 @@ from pipeline.data.transforms import normalize
 from pipeline.models import create_model
 from pipeline.optim.sam import ascent_count, perturbed
 from pipeline.optim.schedules import scaled_lr, warmup_cosine
-from pipeline.storage import atomic_write
+from pipeline.storage import atomic_write, set_storage_defaults
 from pipeline.train import callbacks as cb
 from pipeline.train import context, memory, preemption, stopped, topology
 from pipeline.train.checkpoint import Checkpointer, RngState, TrainState
@@ -51,12 +50,14 @@ from pipeline.train.data import HeldOut, TrainData
 from pipeline.train.ema import Ema
 from pipeline.train.engine import build_engine, deepspeed_config, set_determinism
 from pipeline.train.export import save_safetensors, write_weights
+from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
 from pipeline.train.warmstart import load_weights, source_path
 
 
 def train_worker(config: dict) -> None:
     """Ray Train's entry point on every worker."""
+    set_storage_defaults()
     cfg = PretrainConfig.model_validate(config)
     Trainer(cfg, context.from_ray(cfg.cluster.use_gpu)).run()
 
@@ -284,7 +285,7 @@ class Trainer:
         self.tracker.close(status="FAILED")
 
     # ---- finish -----------------------------------------------------------------------------
-    def finish(self) -> dict:
+    def finish(self) -> RunSummary:
         cfg, rank, state = self.cfg, self.rank, self.state
         evaluation = self.evaluate()
         fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir.rstrip('/')}/final")
@@ -301,7 +302,7 @@ class Trainer:
             plain.load_state_dict(averaged)
             ema_eval = self.evaluate(plain.to(self.device), torch.float32)
         images = state.step * cfg.train.global_batch
-        summary = {
+        summary = RunSummary(**{
             "model": cfg.model.name, "params": self.params, "classes": self.classes,
             "steps": self.steps, "global_batch": cfg.train.global_batch, "images_seen": images,
             "epochs": images / state.cursor.num_samples, "flops_per_image": self.flops_per_image,
@@ -322,19 +323,20 @@ class Trainer:
             "zero_stage": cfg.cluster.zero_stage, "data_io": self.data.io_summary(),
             "run_dir": cfg.run.dir,
             "mlflow_run_id": state.mlflow_run_id, "deepspeed": self.ds_config,
-        }  # fmt: skip
+        })  # fmt: skip
         if rank == 0:
             if self.ema is not None:
                 save_safetensors(fs, f"{root}/model_ema.safetensors", averaged, meta)
             atomic_write(fs, f"{root}/config.yaml", dump_config(cfg).encode())
-            atomic_write(fs, f"{root}/summary.json", json.dumps(summary, indent=1).encode())
-            self.say(f"done: held-out loss {summary['heldout_loss']}, {images} images,"
-                     f" {summary['train_flops']:.3g} FLOPs -> {cfg.run.dir}/final")  # fmt: skip
+            summary.write(cfg.run.dir)
+            self.say(f"done: held-out loss {summary.heldout_loss}, {images} images,"
+                     f" {summary.train_flops:.3g} FLOPs -> {cfg.run.dir}/final")  # fmt: skip
         tracker = self.tracker
-        tracker.log_metrics({k: v for k, v in summary.items() if k.startswith("heldout_")
-                             and isinstance(v, float)}, state.step)  # fmt: skip
-        tracker.log_metrics({k: summary[k] for k in ("train_flops", "device_hours")}, state.step)
-        tracker.log_text(json.dumps(summary, indent=1), "summary.json")
+        tracker.log_metrics({k: v for k, v in summary.model_dump().items()
+                             if k.startswith("heldout_") and isinstance(v, float)}, state.step)  # fmt: skip
+        tracker.log_metrics({"train_flops": summary.train_flops,
+                             "device_hours": summary.device_hours}, state.step)  # fmt: skip
+        tracker.log_text(summary.to_json(), "summary.json")
         tracker.log_text(dump_config(cfg), "config.yaml")
         tracker.close()
         return summary
