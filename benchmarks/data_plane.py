@@ -137,8 +137,8 @@ def run(count: int = 2048, res: int = 224) -> dict:
 
 
 if __name__ == "__main__":
-    from pipeline.storage import set_storage_defaults
+    from pipeline.process import setup_process
 
-    set_storage_defaults()  # as the jobs do
+    setup_process()  # as the jobs do
     for k, v in run().items():
         print(f"{k}: {v}")

@@ -290,8 +290,8 @@ def run(count: int = 512, res: int = 224, shards: int = 4, repeats: int = 2) -> 
 
 
 if __name__ == "__main__":
-    from pipeline.storage import set_storage_defaults
+    from pipeline.process import setup_process
 
-    set_storage_defaults()  # as the jobs do
+    setup_process()  # as the jobs do
     for r in run():
         print(r)

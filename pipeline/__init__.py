@@ -1,4 +1,4 @@
 """nfscale: distributed NFNet pretraining pipeline (ingest, dedup, pretrain, finetune, sweep, fit).
 
-Importing it changes nothing in the process: the jobs, Ray tasks and training workers that touch
-object storage set its defaults themselves (`pipeline.storage.set_storage_defaults`)."""
+Importing it changes nothing in the process: the jobs, Ray tasks and training workers that need
+object storage or log lines set them up themselves (`pipeline.process`)."""

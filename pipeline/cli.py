@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from pipeline.config import RunStopped, UserError
-from pipeline.storage import set_storage_defaults
+from pipeline.process import setup_process
 
 
 def job_parser(description: str, default_config: str | None) -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def job_parser(description: str, default_config: str | None) -> argparse.Argumen
 def run_job(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a job's main; bad user input prints one line and exits with status 2, a run that
     stopped itself (its checkpoints intact) one line and status 1."""
-    set_storage_defaults()
+    setup_process()
     try:
         return main(argv)
     except UserError as e:

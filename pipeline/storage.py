@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import uuid
 
@@ -19,24 +18,12 @@ STORAGE_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "AW
 
 
 def set_storage_defaults(stall_s: float | None = None) -> None:
-    """Process-wide fsspec defaults (explicit storage_options still win): set by every job
-    (`cli.run_job`), Ray task (`with_storage_defaults`) and training worker."""
+    """Process-wide fsspec defaults (explicit storage_options still win): `pipeline.process`."""
     import aiohttp
 
     stall = stall_s if stall_s is not None else float(os.environ.get(STALL_ENV, "60"))
     timeout = aiohttp.ClientTimeout(sock_connect=stall, sock_read=stall)
     fsspec.config.conf.setdefault("gs", {})["requests_timeout"] = timeout
-
-
-def with_storage_defaults(fn):
-    """`fn`, setting the storage defaults in its process first: what a Ray task runs."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        set_storage_defaults()
-        return fn(*args, **kwargs)
-
-    return run
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from pipeline.data.demo_set import DemoDataConfig, build_demo_data
-from pipeline.storage import set_storage_defaults
+from pipeline.process import setup_process
 
 # Two cores: keep intra-op threads predictable and tests deterministic.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-set_storage_defaults()  # what every job sets: the tests call the library in-process, as jobs do
+setup_process()  # what every job sets up: the tests call the library in-process, as jobs do
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ is checked when the stage starts); Ray starts only if a stage has work.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from pipeline.sweep.results import ResultsTable
 from pipeline.sweep.run import Sweep, run_sweep
 from pipeline.train.config import FinetuneConfig
 from pipeline.train.launch import init_ray, launch
+
+log = logging.getLogger(__name__)
 
 
 class Chain:
@@ -59,7 +62,7 @@ class Chain:
 
 
 def _stage(n: int, name: str) -> float:
-    print(f"\n=== demo {n}/5: {name} ===", flush=True)
+    log.info(f"\n=== demo {n}/5: {name} ===")
     return time.perf_counter()
 
 
@@ -79,14 +82,14 @@ def run_chain(cfg: ChainConfig) -> dict:
     if not demo_data_ready(cfg.data):  # ingest's tasks, then the training runs, share one Ray
         init_ray(sweep.config(Point(first.models[0], first.epochs[0], first.lr_multipliers[0])))
     build_demo_data(cfg.data)
-    print(f"demo data: {time.perf_counter() - t:.0f}s", flush=True)
+    log.info(f"demo data: {time.perf_counter() - t:.0f}s")
     chain.out.mkdir(parents=True, exist_ok=True)
     source.write_text(json.dumps(wanted))  # what every later stage here was built from
 
     t = _stage(2, "dedup against the reference set")
     audit = chain.kept / "duplicates.jsonl"
     if audit.exists() and Path(manifest_path(str(chain.kept), "pool")).exists():
-        print(f"dedup: done before -> {audit}", flush=True)
+        log.info(f"dedup: done before -> {audit}")
     else:
         shards = chain.data / "shards"
         run_dedup(DedupJobConfig(reference=str(shards / "reference" / "reference-*.tar"),
@@ -102,8 +105,8 @@ def run_chain(cfg: ChainConfig) -> dict:
     latest = ResultsTable(outcome.results).latest().values()
     done = [r for r in latest if r["status"] == "finished"]
     best = min(done, key=lambda r: float(r["heldout_loss"]))
-    print(f"sweep: {time.perf_counter() - t:.0f}s; best point {best['point']}"
-          f" (held-out loss {float(best['heldout_loss']):.4f})", flush=True)  # fmt: skip
+    log.info(f"sweep: {time.perf_counter() - t:.0f}s; best point {best['point']}"
+             f" (held-out loss {float(best['heldout_loss']):.4f})")  # fmt: skip
 
     _stage(4, f"SAM fine-tune of {best['point']} at a higher resolution")
     ft = chain.finetune_config(best, outcome.tracking_uri, outcome.parent_run_id)

@@ -10,6 +10,7 @@ shards/{train,val,reference}/ WebDataset shards + manifests, written by the real
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +30,8 @@ from pipeline.data.demo_images import (
     render,
 )
 from pipeline.ingest.run import IngestConfig, ingest
+
+log = logging.getLogger(__name__)
 
 # Different seeds per split: no val or reference image is a pool image unless planted on purpose.
 SPLIT_SEEDS = {"train": 1, "val": 2, "reference": 3}
@@ -112,7 +115,7 @@ def build_demo_data(cfg: DemoDataConfig) -> Path:
     stamp = root / "demo_data.json"
     wanted = demo_data_identity(cfg)
     if demo_data_ready(cfg):
-        print(f"demo data: up to date in {root}")
+        log.info(f"demo data: up to date in {root}")
         return root
     if stamp.exists():
         stamp.unlink()  # another config or generator: rebuild from nothing, no stale shards kept
@@ -140,7 +143,7 @@ def build_demo_data(cfg: DemoDataConfig) -> Path:
         )
         counts[split] = manifest.num_samples
     stamp.write_text(json.dumps({**wanted, "samples": counts}, indent=1))
-    print(
+    log.info(
         f"demo data: {counts['train']} pool images ({len(planted)} planted near-duplicates), "
         f"{counts['val']} held-out, {counts['reference']} reference, {cfg.classes} classes, "
         f"{time.perf_counter() - start:.0f}s -> {root}"

@@ -12,6 +12,7 @@ This module is a pure library: records in (any iterable), results out; shard I/O
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -34,6 +35,8 @@ from pipeline.dedup.features import (
 )
 from pipeline.dedup.hashing import HammingIndex
 from pipeline.dedup.references import ReferenceSet
+
+log = logging.getLogger(__name__)
 
 Stage = Literal["exact", "phash", "embedding"]
 STAGES: tuple[Stage, ...] = ("exact", "phash", "embedding")
@@ -193,5 +196,5 @@ def deduplicate(
     )
     report = DedupFilter(refs, config).run(pool, progress)
     if progress:
-        print(report.summary())
+        log.info(report.summary())
     return report

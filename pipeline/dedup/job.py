@@ -15,6 +15,7 @@ set and audit. Kept shards keep the pool's full class map, so class indices neve
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import time
@@ -46,7 +47,10 @@ from pipeline.dedup.pool_unit import Labels, done, filter_unit, names, unit_fing
 from pipeline.dedup.reference_job import ensure_index, existing, load_local
 from pipeline.dedup.units import IMAGES_PER_UNIT, Unit, plan_units
 from pipeline.ingest.sources import expand_shards
-from pipeline.storage import STORAGE_ENV, is_local, set_storage_defaults
+from pipeline.process import setup_process
+from pipeline.storage import STORAGE_ENV, is_local
+
+log = logging.getLogger(__name__)
 
 
 class DedupJobConfig(Section):
@@ -89,7 +93,7 @@ class DedupWorker:
     """Filters pool units against the reference index it loaded (a Ray actor, or inline)."""
 
     def __init__(self, cfg: dict, index: str, labels: Labels) -> None:
-        set_storage_defaults()  # a Ray actor's process
+        setup_process()  # a Ray actor's process
         self.cfg = DedupJobConfig.model_validate(cfg)
         refs = load_local(index, self.cfg.storage_options, self.cfg.search, self.cfg.nprobe)
         self.filter = DedupFilter(refs, DedupConfig(
@@ -151,8 +155,8 @@ def run_dedup(cfg: DedupJobConfig, progress: bool = True) -> DedupResult:
                         " others are written and a re-run skips them)")  # fmt: skip
     outcome = _merge(cfg, [results[u.number] for u in pool_units], pool_units, labels)
     if progress:
-        print(f"{outcome.summary()} in {time.perf_counter() - start:.0f}s ({len(todo)} of"
-              f" {len(pool_units)} pool units filtered now) -> {cfg.out}")  # fmt: skip
+        log.info(f"{outcome.summary()} in {time.perf_counter() - start:.0f}s ({len(todo)} of"
+                 f" {len(pool_units)} pool units filtered now) -> {cfg.out}")  # fmt: skip
     return outcome
 
 

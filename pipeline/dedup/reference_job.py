@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,7 +26,10 @@ from pipeline.dedup import ann
 from pipeline.dedup.features import Record
 from pipeline.dedup.references import VECTORS_VERSION, ReferenceSet
 from pipeline.dedup.units import Unit, unit_records
-from pipeline.storage import atomic_write, is_local, with_storage_defaults
+from pipeline.process import in_worker
+from pipeline.storage import atomic_write, is_local
+
+log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 
@@ -89,8 +93,8 @@ def ensure_index(
             "undecodable": refs.undecodable}  # fmt: skip
     atomic_write(fs, f"{root}/{JOB_FILE}", json.dumps(meta, indent=1).encode())  # last: done
     if progress:
-        print(f"reference index: {len(refs)} images ({refs.undecodable} undecodable),"
-              f" {len(refs.index)} vectors, {kind} search -> {index_url}")  # fmt: skip
+        log.info(f"reference index: {len(refs)} images ({refs.undecodable} undecodable),"
+                 f" {len(refs.index)} vectors, {kind} search -> {index_url}")  # fmt: skip
     return meta
 
 
@@ -105,7 +109,7 @@ def _build_parts(units, opts, view_side, parallel, progress) -> list[ReferenceSe
         return parts
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=3)(with_storage_defaults(reference_part))
+    task = ray.remote(num_cpus=1, max_retries=3)(in_worker(reference_part))
     refs = [task.remote(unit, opts, view_side) for unit in units]
     pending = list(refs)
     while pending:

@@ -10,6 +10,7 @@ worker. On disk, under one directory (local path or fsspec URL), nothing pickled
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ from pipeline.dedup.features import (
     sha256_digests,
 )
 from pipeline.dedup.index import ReferenceIndex
+
+log = logging.getLogger(__name__)
 
 # What the stored vectors are: descriptors of this recipe, whitened against the reference set.
 VECTORS_VERSION = f"{descriptor.VERSION}+{whitening.VERSION}"
@@ -119,7 +122,7 @@ class ReferenceSet:
             bar.update(n)
         bar.close()
         if progress:
-            print(f"reference set: {len(keys)} images, {undecodable} undecodable")
+            log.info(f"reference set: {len(keys)} images, {undecodable} undecodable")
         out = cls(
             sources=sources,
             sha256=_cat(digests, (0, 32), np.uint8),

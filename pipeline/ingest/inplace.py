@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import tarfile
@@ -38,7 +39,10 @@ from pipeline.data.manifest import (
     write_json_atomic,
 )
 from pipeline.ingest.sources import expand_shards, is_image, split_name
-from pipeline.storage import STORAGE_ENV, with_storage_defaults
+from pipeline.process import in_worker
+from pipeline.storage import STORAGE_ENV
+
+log = logging.getLogger(__name__)
 
 LABEL_MEMBERS = ("cls", "json", "txt")
 
@@ -259,9 +263,9 @@ def index_shards(cfg: IndexConfig, progress: bool = True) -> Manifest:
     write_json_atomic(fs, manifest_path(out, cfg.prefix), manifest.model_dump())
     if progress:
         left_out = sum(x["count"] for x in manifest.skipped)
-        print(f"index: {labelled} samples in {len(shards)} shards, {left_out} left out (no"
-              f" image or label), {len(classes)} classes, {time.perf_counter() - start:.1f}s ->"
-              f" {manifest_path(out_url, cfg.prefix)}")  # fmt: skip
+        log.info(f"index: {labelled} samples in {len(shards)} shards, {left_out} left out (no"
+                 f" image or label), {len(classes)} classes, {time.perf_counter() - start:.1f}s ->"
+                 f" {manifest_path(out_url, cfg.prefix)}")  # fmt: skip
     return manifest
 
 
@@ -276,7 +280,7 @@ def _run(args: list[tuple], parallel: bool, bar: tqdm):
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
         ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=False)
-    task = ray.remote(num_cpus=1, max_retries=3)(with_storage_defaults(index_one))
+    task = ray.remote(num_cpus=1, max_retries=3)(in_worker(index_one))
     pending = [task.remote(*a) for a in args]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Literal
@@ -23,7 +24,10 @@ from pipeline.ingest.encode import EncodeSettings
 from pipeline.ingest.plan import ShardPlan, class_names, plan_shards
 from pipeline.ingest.sources import Item, enumerate_items
 from pipeline.ingest.writer import existing_index, index_name, write_shard
-from pipeline.storage import STORAGE_ENV, with_storage_defaults
+from pipeline.process import in_worker
+from pipeline.storage import STORAGE_ENV
+
+log = logging.getLogger(__name__)
 
 
 class IngestConfig(Section):
@@ -56,7 +60,7 @@ def _run_ray(todo: list[ShardPlan], args: tuple, bar: tqdm) -> list[ShardIndex]:
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
         ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=False)
-    task = ray.remote(num_cpus=1, max_retries=3)(with_storage_defaults(write_shard))
+    task = ray.remote(num_cpus=1, max_retries=3)(in_worker(write_shard))
     refs = [task.remote(plan, *args) for plan in todo]
     pending = list(refs)
     while pending:
@@ -125,7 +129,7 @@ def write_dataset(
     )
     write_json_atomic(fs, manifest_path(out_dir, cfg.prefix), manifest.model_dump())
     if progress:
-        print(
+        log.info(
             f"ingest: {manifest.num_samples} samples in {len(plans)} shards "
             f"({len(todo)} written, {len(done) - len(todo)} already complete), "
             f"{len(manifest.skipped)} skipped, {len(classes)} classes, "

@@ -11,12 +11,13 @@ their checkpoints (same run directories). A failed point is recorded and does no
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 
 from pipeline.config import UserError
-from pipeline.storage import with_storage_defaults
+from pipeline.process import in_worker
 from pipeline.sweep.config import SweepConfig, point_config
 from pipeline.sweep.plan import Grid, LrSearch, Point
 from pipeline.sweep.results import ResultsTable
@@ -24,6 +25,8 @@ from pipeline.train.config import PretrainConfig
 from pipeline.train.launch import absolute, init_ray, preflight
 from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import MlflowTracker, default_tracking_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,25 +124,23 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     queue: list[Point] = []
     running: dict = {}  # ObjectRef -> (point, start time)
     done = {"finished": [], "failed": [], "skipped": []}
-    print(f"sweep: {sweep.dir}, parent MLflow run {sweep.parent}", flush=True)
+    log.info(f"sweep: {sweep.dir}, parent MLflow run {sweep.parent}")
     while True:
         for p in sweep.plan.ready(outcomes):
             if outcomes.get(p.name, {}).get("status") == "finished":
                 done["skipped"].append(p.name)
-                print(f"sweep: {p.name} finished before, skipped", flush=True)
+                log.info(f"sweep: {p.name} finished before, skipped")
             else:
                 outcomes.pop(p.name, None)  # an old failure is no outcome of this attempt
                 queue.append(p)
         if queue and task is None:
             init_ray(first)
             limit = cfg.sweep.max_concurrent or _capacity(first)
-            task = ray.remote(num_cpus=0, max_retries=0)(
-                with_storage_defaults(_launch_point)
-            )  # Train restarts
-            print(f"sweep: up to {limit} point(s) at once", flush=True)
+            task = ray.remote(num_cpus=0, max_retries=0)(in_worker(_launch_point))  # Train restarts
+            log.info(f"sweep: up to {limit} point(s) at once")
         while queue and len(running) < limit:
             p = queue.pop(0)
-            print(f"sweep: {p.name} started", flush=True)
+            log.info(f"sweep: {p.name} started")
             running[task.remote(sweep.config(p).model_dump(mode="json"))] = (p, time.perf_counter())
         if not running:
             break
@@ -152,7 +153,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
         outcomes[p.name] = sweep.record(p, status, summary, time.perf_counter() - start, error)
         done[status].append(p.name)
         loss = f"held-out loss {summary.heldout_loss:.4f}" if summary else error
-        print(f"sweep: {p.name} {status}: {loss}", flush=True)
+        log.info(f"sweep: {p.name} {status}: {loss}")
         if summary:
             tracker.log_metrics({f"heldout_loss/{p.name}": summary.heldout_loss}, 0)
     if sweep.table.fs.exists(sweep.table.root):

@@ -19,13 +19,17 @@ A marker under <run.dir>/faults/ records each kill and notice, so a restarted wo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 
 import fsspec
 import torch
 
+from pipeline.log import EVERY_RANK
 from pipeline.train.callbacks import Callback
+
+log = logging.getLogger(__name__)
 
 
 def spec(**args: str) -> dict:
@@ -88,5 +92,5 @@ class Faults(Callback):
             return
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         fs.pipe_file(path, b"")
-        print(f"fault injection: {sig.name} at {where} {step}", flush=True)
+        log.info(f"fault injection: {sig.name} at {where} {step}", extra=EVERY_RANK)
         os.kill(os.getpid(), sig)

@@ -8,6 +8,7 @@ same run.dir restores Ray's record of them and the workers resume from the lates
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from pipeline.train.identity import check_same_run, recipe_changes, record_run_c
 from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import default_tracking_uri
 from pipeline.train.warmstart import check_source
+
+log = logging.getLogger(__name__)
 
 # Passed through to the workers (storage emulators, credentials files, MLflow), never logged.
 PASS_ENV = (*STORAGE_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
@@ -165,8 +168,8 @@ def launch(cfg: PretrainConfig) -> RunSummary:
     cfg = preflight(cfg)
     done = finished_summary(cfg)
     if done is not None:
-        print(f"{cfg.run.dir} finished before ({done.steps} steps, same config):"
-              " nothing to do", flush=True)  # fmt: skip
+        log.info(f"{cfg.run.dir} finished before ({done.steps} steps, same config):"
+                 " nothing to do")  # fmt: skip
         return done
     record_run_config(cfg)
     init_ray(cfg)
@@ -205,8 +208,8 @@ def launch(cfg: PretrainConfig) -> RunSummary:
         if step is None:
             break
         # Each launch trains at least one step before it can be preempted: this ends.
-        print(f"preempted at step {step}: starting the workers again from its checkpoint"
-              " (not counted against cluster.max_failures)", flush=True)  # fmt: skip
+        log.info(f"preempted at step {step}: starting the workers again from its checkpoint"
+                 " (not counted against cluster.max_failures)")  # fmt: skip
     if reason:
         ray.shutdown()  # flushes the workers' forwarded output: the reason stays the last line
         raise RunStopped(reason)

@@ -16,6 +16,7 @@ alone writes files outside checkpoints and talks to MLflow.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -29,10 +30,12 @@ from pipeline.config import dump_config
 from pipeline.data.loader import BatchPlan, micro_batch_seed
 from pipeline.data.order import Cursor
 from pipeline.data.transforms import normalize
+from pipeline.log import EVERY_RANK
 from pipeline.models import create_model
 from pipeline.optim.sam import ascent_count, perturbed
 from pipeline.optim.schedules import scaled_lr, warmup_cosine
-from pipeline.storage import atomic_write, set_storage_defaults
+from pipeline.process import setup_process
+from pipeline.storage import atomic_write
 from pipeline.train import callbacks as cb
 from pipeline.train import context, memory, preemption, stopped, topology
 from pipeline.train.checkpoint import Checkpointer, RngState, TrainState
@@ -54,10 +57,11 @@ from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
 from pipeline.train.warmstart import load_weights, source_path
 
+log = logging.getLogger(__name__)
+
 
 def train_worker(config: dict) -> None:
     """Ray Train's entry point on every worker."""
-    set_storage_defaults()
     cfg = PretrainConfig.model_validate(config)
     Trainer(cfg, context.from_ray(cfg.cluster.use_gpu)).run()
 
@@ -88,6 +92,7 @@ class Trainer:
                  callbacks: list[cb.Callback] = ()) -> None:  # fmt: skip
         self.cfg, self.ctx = cfg, ctx
         self.rank, self.world, self.device = ctx.rank, ctx.world, ctx.device
+        setup_process(self.rank)  # storage defaults; this rank's lines shown for rank 0 only
         self.extra_callbacks = list(callbacks)
 
     def run(self) -> None:
@@ -264,7 +269,7 @@ class Trainer:
 
     def _preempted(self) -> None:
         step = self.state.step
-        self.say(f"preempted: step {step} is checkpointed; the run goes on from it")
+        self.say(f"preempted: step {step} is checkpointed after a SIGTERM; the run goes on from it")
         if self.rank == 0:
             preemption.record(self.cfg.run.dir, step)
         self.tracker.close(status="KILLED")
@@ -350,8 +355,7 @@ class Trainer:
         return x.item() / self.world
 
     def say(self, message: str) -> None:
-        if self.rank == 0:
-            print(message, flush=True)
+        log.info(message)  # shown for rank 0 (pipeline.log)
 
     def say_all(self, message: str) -> None:
-        print(message, flush=True)
+        log.info(message, extra=EVERY_RANK)
