@@ -8,6 +8,7 @@ what was expected; entry points print it and exit non-zero before any resources 
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
 import fsspec
@@ -68,7 +69,27 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str) -> dict[str, Any]:
+# A config file may build on another: `extends: ../pretrain/nano.yaml` (relative to the file,
+# or a URL) takes that file's keys, then its own on top.
+EXTENDS = "extends"
+
+
+def read_yaml(path: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    data = _read_one(path)
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"config file {path!r}: {EXTENDS} must name one config file")
+    ref = parent if "://" in parent or os.path.isabs(parent) else (
+        f"{path.rsplit('/', 1)[0]}/{parent}" if "://" in path
+        else os.path.normpath(os.path.join(os.path.dirname(path), parent)))  # fmt: skip
+    if ref in (*_chain, path):
+        raise ConfigError(f"config file {path!r} extends itself through {parent!r}")
+    return deep_merge(read_yaml(ref, (*_chain, path)), data)
+
+
+def _read_one(path: str) -> dict[str, Any]:
     try:
         with fsspec.open(path, "r") as f:
             data = yaml.safe_load(f)

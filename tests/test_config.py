@@ -114,3 +114,35 @@ def test_elastic_worker_range_must_split_the_global_batch(overrides, message):
     assert load_config(PretrainConfig, None, ["cluster.workers=4", "cluster.min_workers=2",
                                               "train.global_batch=24", "data.partitions=12"]
                        ).cluster.min_workers == 2  # fmt: skip
+
+
+def test_a_config_extends_another_and_a_cycle_is_one_line(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "a.yaml").write_text(
+        "name: base\ntrain:\n  epochs: 2\n  global_batch: 8\n"
+    )
+    (tmp_path / "b.yaml").write_text("extends: base/a.yaml\ntrain:\n  epochs: 3\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\nname: c\n")
+    cfg = load_config(Job, str(tmp_path / "c.yaml"), ["train.global_batch=16"])
+    assert (cfg.name, cfg.train.epochs, cfg.train.global_batch) == ("c", 3.0, 16)
+    (tmp_path / "base" / "a.yaml").write_text("extends: ../c.yaml\n")
+    with pytest.raises(ConfigError, match=r"extends itself through '\.\./c\.yaml'"):
+        load_config(Job, str(tmp_path / "c.yaml"))
+
+
+def test_the_finetune_default_extends_the_pretraining_default():
+    from pipeline.train.config import FinetuneConfig, PretrainConfig
+
+    tuned = load_config(FinetuneConfig, "configs/finetune/nano.yaml")
+    pre = load_config(PretrainConfig, "configs/pretrain/nano.yaml")
+    assert tuned.data.train == pre.data.train and tuned.cluster == pre.cluster
+    assert tuned.train.global_batch == pre.train.global_batch and tuned.train.sam_rho == 0.05
+    assert tuned.data.resolution == 64 and tuned.init.from_run == "runs/pretrain/nano"
+
+
+def test_a_sweeps_pretraining_keys_are_checked_when_the_sweep_config_loads():
+    from pipeline.sweep.config import SweepConfig
+
+    with pytest.raises(ConfigError, match=r"pretrain \(onto configs/pretrain/nano.yaml\): bad"
+                                          r" config value train.epochs=-1"):  # fmt: skip
+        load_config(SweepConfig, "configs/sweep/nano.yaml", ["pretrain.train.epochs=-1"])

@@ -74,7 +74,10 @@ def _sweep_args(data: Path, sweep_dir: Path) -> list[str]:
 def test_bad_sweep_input_is_one_line_before_ray_starts(tiny_data, tmp_path):
     for override, expected in [
         ("sweep.models=[nfnet_nano0, nfnet_f99]", "unknown model nfnet_f99"),
-        ("pretrain.train.global_batch=10", "sweep point nfnet_nano0 x 0.8 epochs"),
+        (
+            "pretrain.train.global_batch=10",
+            "pretrain (onto configs/pretrain/nano.yaml): train.global_batch=10",
+        ),
         ("sweep.epochs=[0.5, 0.5]", "expected distinct values > 0"),
     ]:
         out = subprocess.run([PY, "jobs/sweep.py", *_sweep_args(tiny_data, tmp_path / "s"), override],

@@ -13,9 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import ConfigError, Section, build_config, deep_merge, read_yaml
+from pipeline.config import (
+    ConfigError,
+    Section,
+    build_config,
+    deep_merge,
+    format_validation_error,
+    read_yaml,
+)
 from pipeline.models import list_models
 from pipeline.train.config import PretrainConfig
 
@@ -66,6 +73,18 @@ class SweepConfig(Section):
 
     def base_dict(self) -> dict[str, Any]:
         return deep_merge(read_config_yaml(self.base), self.pretrain)
+
+    @model_validator(mode="after")
+    def _pretrain_validates(self) -> SweepConfig:
+        """`pretrain` merged onto `base` is a pretraining config (the points add only run.dir,
+        the model, the epochs and the LR): a bad key fails when the sweep config loads."""
+        try:
+            PretrainConfig.model_validate(self.base_dict())
+        except ValidationError as e:
+            raise ValueError(
+                f"pretrain (onto {self.base}): {format_validation_error(PretrainConfig, e).removeprefix('bad config: ')}"
+            ) from None
+        return self
 
 
 def point_config(
