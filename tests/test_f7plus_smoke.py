@@ -104,6 +104,8 @@ def test_f7plus_trains_checkpoints_resumes_and_writes_final_weights(tiny_data, t
     shard = max(f.stat().st_size for f in run_dir.glob("checkpoints/*/deepspeed/*optim_states.pt"))
     for peak in summary["peak_rss_gib"]:
         assert 0 < peak <= estimate + shard / 2**30, (summary["peak_rss_gib"], estimate, shard)
+    peak = max(summary["peak_rss_gib"])
+    assert abs(estimate - peak) <= 0.15 * peak, (summary["peak_rss_gib"], estimate)
     print(f"F7+ smoke: peak RSS per worker {summary['peak_rss_gib']} GiB (estimate {estimate:.2f}"
           f" + a mapped {shard / 2**30:.2f} GiB shard), {summary['step_seconds']:.1f} s/step,"
           f" held-out loss {summary['heldout_loss']:.3f}")  # fmt: skip

@@ -128,6 +128,8 @@ def test_job_submit_writes_weights_summary_and_mlflow(reference_run, tiny_data):
         [(0, 0, 0), (1, 1, 0)], [(0, 1, 0), (1, 0, 0)])  # fmt: skip
     assert summary["heldout_loss"] > 0 and summary["heldout_loss_ema"] > 0
     assert [h["step"] for h in summary["heldout_history"]] == [6]  # and at the end
+    peak, estimate = max(summary["peak_rss_gib"]), summary["memory_estimate_gib"]
+    assert abs(estimate - peak) <= 0.15 * peak, (summary["peak_rss_gib"], estimate)
     weights = _weights(reference_run)
     assert "head.fc.weight" in weights or any(k.endswith("fc.weight") for k in weights)
     assert (reference_run / "final" / "model_ema.safetensors").exists()

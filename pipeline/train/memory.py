@@ -31,7 +31,9 @@ from pipeline.models import create_model
 from pipeline.train.topology import gather
 
 GIB = 2**30
-PROCESS_BYTES = 1.5 * GIB  # Python, torch, DeepSpeed, the Ray worker, the data loader
+# Python, torch, DeepSpeed, the Ray worker, the data loader (and MLflow on rank 0): the peak RSS
+# of a nano worker, whose model, states and activations are a few MB (0.63-0.70 GiB measured).
+PROCESS_BYTES = 0.7 * GIB
 # The CUDA context with cuBLAS/cuDNN workspaces: assumed until `make gpu-check` measures it.
 CUDA_CONTEXT_BYTES = 1.0 * GIB
 WAIT_S = 60  # a worker's check waits this long for memory a previous attempt still holds
