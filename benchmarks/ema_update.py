@@ -1,4 +1,4 @@
-"""EMA update time per step: ours (pipeline/train/ema.py: a flat fp32 slice per rank on the
+"""EMA update time per step: ours (pipeline/train/worker/ema.py: a flat fp32 slice per rank on the
 weights' device, one foreach lerp) against the EMA before issue 16 (a whole fp32 copy on the
 host, one `.cpu()` and lerp per parameter) and PyTorch's own `AveragedModel` with
 `get_ema_multi_avg_fn` (what a user would reach for), on one DeepSpeed engine.
@@ -42,8 +42,8 @@ def _worker(rank: int, world: int, name: str, repeats: int, out: str) -> None:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from pipeline.models import create_model
-    from pipeline.train.ema import Ema
-    from pipeline.train.engine import build_engine, deepspeed_config
+    from pipeline.train.worker.ema import Ema
+    from pipeline.train.worker.engine import build_engine, deepspeed_config
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=1000)

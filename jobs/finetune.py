@@ -16,7 +16,7 @@ import sys
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config
 from pipeline.train.config import FinetuneConfig
-from pipeline.train.dryrun import dry_run, gpu_memory
+from pipeline.train.estimates.dryrun import dry_run, gpu_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dry_run(cfg, gpu_memory=args.gpu_memory))
         return 0
-    from pipeline.train.launch import launch  # Ray and DeepSpeed load only for a real run
+    from pipeline.train.driver.launch import launch  # Ray and DeepSpeed load only for a real run
 
     s = launch(cfg)
     ema = "" if s.heldout_top1_ema is None else f", EMA top-1 {s.heldout_top1_ema:.4f}"

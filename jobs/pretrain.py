@@ -15,7 +15,7 @@ import sys
 from pipeline.cli import job_parser, run_job
 from pipeline.config import load_config
 from pipeline.train.config import PretrainConfig
-from pipeline.train.dryrun import dry_run, gpu_memory
+from pipeline.train.estimates.dryrun import dry_run, gpu_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dry_run(cfg, gpu_memory=args.gpu_memory))
         return 0
-    from pipeline.train.launch import launch  # Ray and DeepSpeed load only for a real run
+    from pipeline.train.driver.launch import launch  # Ray and DeepSpeed load only for a real run
 
     summary = launch(cfg)
     print(f"pretrain: held-out loss {summary.heldout_loss:.4f} after {summary.steps} steps,"

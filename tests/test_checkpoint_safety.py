@@ -1,5 +1,5 @@
 """Resuming never runs code from a checkpoint: DeepSpeed reads its own files with full pickle
-(`torch.load(weights_only=False)`), and pipeline/train/checkpoint.py forces torch's weights-only
+(`torch.load(weights_only=False)`), and pipeline/train/worker/checkpoint.py forces torch's weights-only
 unpickler on it. A file whose pickle would run a command is refused through DeepSpeed's own
 loader; without the guard the same file runs it (so the test can fail). Genuine ZeRO checkpoints
 load under the guard in every resume test (tests/test_pretrain.py)."""
@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from pipeline.train.checkpoint import weights_only_loads
+from pipeline.train.worker.checkpoint import weights_only_loads
 
 
 class _Payload:

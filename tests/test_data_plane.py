@@ -138,7 +138,7 @@ def test_one_epoch_on_gs_downloads_each_shard_once_at_any_world_size(tmp_path, r
 
 
 def _pretrain(run_dir: Path) -> dict:
-    from pipeline.train.launch import launch
+    from pipeline.train.driver.launch import launch
 
     cfg = load_config(PretrainConfig, str(ROOT / "configs/pretrain/nano.yaml"), [
         "data.train=gs://bucket/laion-index", "data.train_prefix=laion", "data.val=null",

@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.data.order import Cursor
 from pipeline.testing.spawn import spawn
-from pipeline.train import checkpoint, reshard
-from pipeline.train.engine import build_engine, deepspeed_config
-from pipeline.train.export import full_state_dict, write_weights
+from pipeline.train.worker import checkpoint, reshard
+from pipeline.train.worker.engine import build_engine, deepspeed_config
+from pipeline.train.worker.export import full_state_dict, write_weights
 from tests.test_engine_agc import HYPER, _model
 
 GLOBAL, MICRO, STEPS, SAVE_AT, CLASSES, RES = 8, 2, 5, 2, 5, 32

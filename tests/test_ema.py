@@ -1,4 +1,4 @@
-"""The EMA on the device, partitioned across ranks (pipeline/train/ema.py): under ZeRO-2 and
+"""The EMA on the device, partitioned across ranks (pipeline/train/worker/ema.py): under ZeRO-2 and
 ZeRO-3 with 2 workers, its gathered average equals a single-process reference EMA of the
 same weights; a rank's buffer holds its slice only; a checkpoint's whole copy resumes on
 another world size."""
@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.models import create_model
 from pipeline.testing.spawn import spawn
-from pipeline.train.ema import Ema
-from pipeline.train.engine import build_engine, deepspeed_config
+from pipeline.train.worker.ema import Ema
+from pipeline.train.worker.engine import build_engine, deepspeed_config
 
 STEPS, MICRO, CLASSES, RES, DECAY = 5, 2, 5, 32, 0.9
 HYPER = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, clipping=0.01, eps=1e-3)

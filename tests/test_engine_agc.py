@@ -17,8 +17,8 @@ from pipeline.models import create_model
 from pipeline.optim.agc import adaptive_grad_clip_
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
 from pipeline.testing.spawn import spawn
-from pipeline.train.engine import build_engine, deepspeed_config
-from pipeline.train.export import full_state_dict
+from pipeline.train.worker.engine import build_engine, deepspeed_config
+from pipeline.train.worker.export import full_state_dict
 
 STEPS, MICRO, ACCUM, CLASSES, RES = 4, 2, 2, 5, 32
 NAN_STEP = 2  # rank 1's first micro-batch of this step is NaN

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from pipeline.config import UserError, load_config
 from pipeline.testing import faults
 from pipeline.train.config import PretrainConfig
-from pipeline.train.launch import preflight
+from pipeline.train.driver.launch import preflight
 from tests.ray_head import RAY, loopback_head, ray_stop
 
 ROOT = Path(__file__).resolve().parents[1]

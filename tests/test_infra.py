@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.train.config import PretrainConfig, resolved_precision, solve_batch
-from pipeline.train.engine import deepspeed_config
+from pipeline.train.worker.engine import deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -188,7 +188,7 @@ def test_runtime_env_uploads_code_but_not_data_runs_or_venv(tmp_path):
         "jobs/pretrain.py",
         "configs/pretrain/nfnet_f7plus.yaml",
         "pipeline/data/loader.py",  # an unanchored "data/" exclude would drop it
-        "pipeline/train/launch.py",
+        "pipeline/train/driver/launch.py",
         "infra/deepspeed/nfnet_f7plus_zero2.json",
     ):
         assert needed in names

@@ -28,8 +28,8 @@ from pipeline.data.order import GlobalOrder, canonical_batch
 from pipeline.models import create_model
 from pipeline.testing import faults
 from pipeline.train.config import PretrainConfig
-from pipeline.train.identity import record_run_config
-from pipeline.train.launch import finished_summary, preflight
+from pipeline.train.driver.identity import record_run_config
+from pipeline.train.driver.launch import finished_summary, preflight
 from tests import netns
 from tests.ray_head import RAY, loopback_head, ray_stop, shared_cluster
 
@@ -474,9 +474,9 @@ def test_the_dry_run_and_the_preflight_check_use_one_memory_model(tiny_data, tmp
     would not."""
     import re
 
-    from pipeline.train.dryrun import dry_run
-    from pipeline.train.engine import deepspeed_config
-    from pipeline.train.memory import GIB, activation_bytes_per_image, check_run, estimate
+    from pipeline.train.estimates.dryrun import dry_run
+    from pipeline.train.estimates.memory import GIB, activation_bytes_per_image, check_run, estimate
+    from pipeline.train.worker.engine import deepspeed_config
 
     cfg = load_config(PretrainConfig, "configs/pretrain/nano.yaml", _args(tiny_data, tmp_path))
     text = dry_run(cfg, gpu_memory=2 * GIB)

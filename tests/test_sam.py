@@ -11,8 +11,8 @@ from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
 from pipeline.optim.sam import ascent_count, ascent_step, perturbed
 from pipeline.testing.spawn import spawn
 from pipeline.train.config import PretrainConfig, TrainSection
-from pipeline.train.engine import build_engine, deepspeed_config
-from pipeline.train.export import full_state_dict
+from pipeline.train.worker.engine import build_engine, deepspeed_config
+from pipeline.train.worker.export import full_state_dict
 
 
 def test_one_sam_step_equals_the_hand_computation():
@@ -108,7 +108,7 @@ def _reference(shared_ascent: bool) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, stage: int, out: str) -> None:
-    from pipeline.train.trainer import micro_step
+    from pipeline.train.worker.trainer import micro_step
 
     engine = build_engine(_model().train(),
                           deepspeed_config(MICRO, ACCUM, world, stage, "fp32", use_gpu=False), **HYPER)  # fmt: skip

@@ -1,4 +1,4 @@
-"""The one line a stopped or failed run ends with (pipeline/train/stopped.py), from Ray's own
+"""The one line a stopped or failed run ends with (pipeline/train/driver/stopped.py), from Ray's own
 exception types and the checkpoint snapshot Ray writes; the end-to-end runs that produce them
 (non-finite steps, a full disk) are in `make chaos` (tests/test_pretrain.py)."""
 
@@ -7,7 +7,7 @@ import json
 
 from ray.train import ControllerError, WorkerGroupError
 
-from pipeline.train import stopped
+from pipeline.train.driver import stopped
 
 
 def _snapshot(run_dir, step: int) -> None:

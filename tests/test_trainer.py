@@ -14,10 +14,10 @@ from pipeline.config import build_config
 from pipeline.testing import faults
 from pipeline.testing.local import local_context
 from pipeline.testing.spawn import spawn
-from pipeline.train import preemption
-from pipeline.train.callbacks import Callback
 from pipeline.train.config import PretrainConfig
-from pipeline.train.trainer import Trainer
+from pipeline.train.worker import preemption
+from pipeline.train.worker.callbacks import Callback
+from pipeline.train.worker.trainer import Trainer
 
 STEPS = 5  # 2 epochs of 40 images in batches of 16
 

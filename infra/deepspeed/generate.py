@@ -3,7 +3,7 @@
     python infra/deepspeed/generate.py            # rewrite the three files
     python infra/deepspeed/generate.py --check    # exit 1 if a committed file differs
 
-Each file is exactly `pipeline.train.engine.deepspeed_config(...)` for
+Each file is exactly `pipeline.train.worker.engine.deepspeed_config(...)` for
 configs/pretrain/nfnet_f7plus.yaml: the batch layout from `solve_batch` (global 4096 = 64 workers
 x 4 accumulation x 16 micro-batch), the precision from `resolved_precision` (bf16), and
 `cluster.use_gpu`, with only the ZeRO stage varied. The job itself never reads these files (each
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.train.config import PretrainConfig, resolved_precision, solve_batch  # noqa: E402
-from pipeline.train.engine import deepspeed_config  # noqa: E402
+from pipeline.train.worker.engine import deepspeed_config  # noqa: E402
 
 CONFIG = ROOT / "configs" / "pretrain" / "nfnet_f7plus.yaml"
 OUT = Path(__file__).resolve().parent

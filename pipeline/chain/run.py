@@ -29,7 +29,7 @@ from pipeline.sweep.plan import Point
 from pipeline.sweep.results import ResultsTable
 from pipeline.sweep.run import Sweep, run_sweep
 from pipeline.train.config import FinetuneConfig
-from pipeline.train.launch import init_ray, launch
+from pipeline.train.driver.launch import init_ray, launch
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ gradient, and ZeRO keeps its partitioning: AGC does not force stage 0. The piece
 fragments are planned once per layout (`_Plan`): F0 under ZeRO-2 on 2 CPU workers spends 1.7% of
 its step in AGC, all-reduce included (BENCHMARKS.md).
 
-Fragment sources (`pipeline/train/fragments.py`) adapt DeepSpeed's partitions and plain
+Fragment sources (`pipeline/train/worker/fragments.py`) adapt DeepSpeed's partitions and plain
 replicated gradients (stage 0 / DDP) to `Fragment`; this module only does the arithmetic.
 """
 

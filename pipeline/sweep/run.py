@@ -1,7 +1,7 @@
 """Run a sweep: validate every point, open the parent MLflow run, then keep as many points
 training on Ray as the cluster fits, recording each outcome in the results table.
 
-Each point is one Ray task that runs `pipeline.train.launch.launch` (a Ray Train TorchTrainer
+Each point is one Ray task that runs `pipeline.train.driver.launch.launch` (a Ray Train TorchTrainer
 with its own workers, checkpoints and restarts). Ray queues trainers whose workers do not fit
 yet; `max_concurrent` (default: what the cluster's CPUs or GPUs hold) keeps the rest waiting
 here instead. Re-running the same sweep skips finished points and resumes the others from
@@ -22,7 +22,7 @@ from pipeline.sweep.config import SweepConfig, point_config
 from pipeline.sweep.plan import Grid, LrSearch, Point
 from pipeline.sweep.results import ResultsTable
 from pipeline.train.config import PretrainConfig
-from pipeline.train.launch import absolute, init_ray, preflight
+from pipeline.train.driver.launch import absolute, init_ray, preflight
 from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import MlflowTracker, default_tracking_uri
 
@@ -104,7 +104,7 @@ def _capacity(cfg: PretrainConfig) -> int:
 
 
 def _launch_point(config: dict) -> RunSummary:
-    from pipeline.train.launch import launch  # in the task's process
+    from pipeline.train.driver.launch import launch  # in the task's process
 
     return launch(PretrainConfig.model_validate(config))
 

@@ -27,7 +27,7 @@ import fsspec
 import torch
 
 from pipeline.log import EVERY_RANK
-from pipeline.train.callbacks import Callback
+from pipeline.train.worker.callbacks import Callback
 
 log = logging.getLogger(__name__)
 

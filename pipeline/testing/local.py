@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipeline.train import topology
-from pipeline.train.context import WorkerContext
+from pipeline.train.worker import topology
+from pipeline.train.worker.context import WorkerContext
 
 COMPLETE = "COMPLETE"
 

@@ -67,7 +67,7 @@ class DataSection(Section):
 
 
 class CallbackSpec(Section):
-    """A trainer callback (pipeline.train.callbacks): `target(**args)`, built on every worker."""
+    """A trainer callback (pipeline.train.worker.callbacks): `target(**args)`, built on every worker."""
 
     target: str
     args: dict[str, Any] = Field(default_factory=dict)

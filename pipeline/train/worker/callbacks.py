@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.train.compute import mfu
+from pipeline.train.estimates.compute import mfu
 
 if TYPE_CHECKING:
     from pipeline.train.config import CallbackSpec
-    from pipeline.train.engine import ClipStats
-    from pipeline.train.trainer import Trainer
+    from pipeline.train.worker.engine import ClipStats
+    from pipeline.train.worker.trainer import Trainer
 
 
 @dataclass
@@ -159,7 +159,7 @@ class SampleLog(Callback):
         self.file = None
 
     def on_train_start(self, trainer):
-        from pipeline.train.data import open_sample_log
+        from pipeline.train.worker.data import open_sample_log
 
         self.file = open_sample_log(trainer.cfg.run.dir, trainer.rank)
 

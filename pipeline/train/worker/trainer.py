@@ -36,10 +36,6 @@ from pipeline.optim.sam import ascent_count, perturbed
 from pipeline.optim.schedules import scaled_lr, warmup_cosine
 from pipeline.process import setup_process
 from pipeline.storage import atomic_write
-from pipeline.train import callbacks as cb
-from pipeline.train import context, memory, preemption, stopped, topology
-from pipeline.train.checkpoint import Checkpointer, RngState, TrainState
-from pipeline.train.compute import peak_tflops, sam_factor, train_flops_per_image
 from pipeline.train.config import (
     PretrainConfig,
     resolved_partitions,
@@ -48,14 +44,20 @@ from pipeline.train.config import (
     total_steps,
     warmup_steps,
 )
-from pipeline.train.context import WorkerContext
-from pipeline.train.data import HeldOut, TrainData
-from pipeline.train.ema import Ema
-from pipeline.train.engine import build_engine, deepspeed_config, set_determinism
-from pipeline.train.export import save_safetensors, write_weights
+from pipeline.train.driver import stopped
+from pipeline.train.estimates import memory
+from pipeline.train.estimates.compute import peak_tflops, sam_factor, train_flops_per_image
 from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
-from pipeline.train.warmstart import load_weights, source_path
+from pipeline.train.worker import callbacks as cb
+from pipeline.train.worker import context, preemption, topology
+from pipeline.train.worker.checkpoint import Checkpointer, RngState, TrainState
+from pipeline.train.worker.context import WorkerContext
+from pipeline.train.worker.data import HeldOut, TrainData
+from pipeline.train.worker.ema import Ema
+from pipeline.train.worker.engine import build_engine, deepspeed_config, set_determinism
+from pipeline.train.worker.export import save_safetensors, write_weights
+from pipeline.train.worker.warmstart import load_weights, source_path
 
 log = logging.getLogger(__name__)
 

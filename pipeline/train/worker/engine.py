@@ -17,7 +17,7 @@ import torch
 
 from pipeline.optim.agc_sharded import ClipStats, ShardedAGC
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
-from pipeline.train.fragments import engine_fragments
+from pipeline.train.worker.fragments import engine_fragments
 
 STAGE3_BUCKET = 50_000_000  # elements: 200 MB in fp32
 BUCKET = 50_000_000  # without a model size; DeepSpeed's own 5e8 is a 2 GB fp32 buffer per rank

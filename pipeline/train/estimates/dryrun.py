@@ -18,7 +18,6 @@ from pipeline.data.plan import cache_bytes
 from pipeline.models import create_model
 from pipeline.models.summary import count_macs
 from pipeline.optim.schedules import scaled_lr
-from pipeline.train.compute import PEAK_BF16_TFLOPS, sam_factor
 from pipeline.train.config import (
     PretrainConfig,
     resolved_partitions,
@@ -26,8 +25,9 @@ from pipeline.train.config import (
     solve_batch,
     total_steps,
 )
-from pipeline.train.engine import deepspeed_config
-from pipeline.train.memory import GIB, activation_bytes_per_image, estimate, parse_bytes
+from pipeline.train.estimates.compute import PEAK_BF16_TFLOPS, sam_factor
+from pipeline.train.estimates.memory import GIB, activation_bytes_per_image, estimate, parse_bytes
+from pipeline.train.worker.engine import deepspeed_config
 
 ASSUMED_MFU = 0.45
 
@@ -91,7 +91,9 @@ def memory_lines(cfg: PretrainConfig, model, micro: int, accum: int, precision: 
     params = sum(p.numel() for p in model.parameters())
     where = "GPU" if cl.use_gpu else "CPU worker (host memory)"
     fits = f"; largest micro-batch in {gpu_memory / GIB:g} GiB" if gpu_memory else ""
-    lines = [f"memory per {where} at micro-batch {micro} (pipeline/train/memory.py{fits}):"]
+    lines = [
+        f"memory per {where} at micro-batch {micro} (pipeline/train/estimates/memory.py{fits}):"
+    ]
     per_image = activation_bytes_per_image(model, cfg.data.resolution, precision,
                                            tc.activation_checkpointing)  # fmt: skip
     for stage in range(4):

@@ -25,7 +25,7 @@ from pipeline.data.plan import Use, block_shards_per_rank, cache_bytes
 from pipeline.data.shards import CorruptSample, ShardStore
 from pipeline.data.transforms import EvalTransform, TrainTransform, normalize
 from pipeline.train.config import DataSection
-from pipeline.train.topology import gather
+from pipeline.train.worker.topology import gather
 
 
 def cache_dir(cfg: DataSection, url: str, split: str, rank: int) -> str:

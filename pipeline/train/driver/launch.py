@@ -21,12 +21,14 @@ from pipeline.config import RunStopped, UserError
 from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.data.plan import cache_bytes
 from pipeline.storage import STORAGE_ENV, is_local
-from pipeline.train import callbacks, memory, preemption, stopped
 from pipeline.train.config import PretrainConfig, resolved_partitions
-from pipeline.train.identity import check_same_run, recipe_changes, record_run_config
+from pipeline.train.driver import stopped
+from pipeline.train.driver.identity import check_same_run, recipe_changes, record_run_config
+from pipeline.train.estimates import memory
 from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import default_tracking_uri
-from pipeline.train.warmstart import check_source
+from pipeline.train.worker import callbacks, preemption
+from pipeline.train.worker.warmstart import check_source
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ def launch(cfg: PretrainConfig) -> RunSummary:
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.train.trainer import train_worker
+    from pipeline.train.worker.trainer import train_worker
 
     cfg = preflight(cfg)
     done = finished_summary(cfg)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.train import topology
+from pipeline.train.worker import topology
 
 
 @dataclass

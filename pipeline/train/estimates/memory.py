@@ -28,7 +28,7 @@ import psutil
 import torch
 
 from pipeline.models import create_model
-from pipeline.train.topology import gather
+from pipeline.train.worker.topology import gather
 
 GIB = 2**30
 # Python, torch, DeepSpeed, the Ray worker, the data loader (and MLflow on rank 0): the peak RSS
@@ -213,7 +213,7 @@ def check_run(cfg, classes: int, workers: int, workers_here: int, where: str,
               wait_s: float = 0) -> float:  # fmt: skip
     """check_fits for a CPU run of `cfg` on `workers` workers; returns the per-worker need."""
     from pipeline.train.config import resolved_precision, solve_batch
-    from pipeline.train.engine import deepspeed_config
+    from pipeline.train.worker.engine import deepspeed_config
 
     micro, accum = solve_batch(cfg.train, workers)
     precision = resolved_precision(cfg.train, cfg.cluster.use_gpu)

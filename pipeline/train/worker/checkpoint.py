@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.serialization import config as serialization_config
 
 from pipeline.data.order import Cursor
-from pipeline.train import reshard
+from pipeline.train.worker import reshard
 
 DS_TAG = "deepspeed"
 
