@@ -11,42 +11,13 @@ from pipeline.optim.agc import (
     unitwise_sq_norms,
 )
 from pipeline.optim.param_groups import agc_parameter_names, agc_parameters, weight_decay_groups
-
-
-def reference_agc(param: torch.Tensor, grad: torch.Tensor, clipping: float, eps: float = 1e-3):
-    """DeepMind's clip_grads, transcribed literally for one tensor."""
-    if param.ndim <= 1:
-        p_norm = param.norm().reshape(())
-        g_norm = grad.norm().reshape(())
-    else:
-        dims = tuple(range(1, param.ndim))
-        p_norm = param.pow(2).sum(dim=dims, keepdim=True).sqrt()
-        g_norm = grad.pow(2).sum(dim=dims, keepdim=True).sqrt()
-    max_norm = p_norm.clamp_min(eps) * clipping
-    clipped = grad * (max_norm / g_norm.clamp_min(1e-6))
-    return torch.where(g_norm > max_norm, clipped, grad)
-
-
-def _zoo():
-    """Conv, grouped conv, linear, bias, gain, scalar; gradients at very different scales so that
-    some units clip and some do not; one near-zero weight row exercises eps; one zero gradient row
-    exercises the 1e-6 guard."""
-    shapes = [(16, 8, 3, 3), (32, 4, 3, 3), (10, 24), (24,), (16,), (), (5, 7), (12, 3, 1, 1)]
-    params, grads = [], []
-    for k, s in enumerate(shapes):
-        p = torch.randn(s)
-        g = torch.randn(s) * (10.0 ** (k % 4 - 3))  # 1e-3 .. 1
-        params.append(p)
-        grads.append(g)
-    params[0][0].mul_(1e-5)  # ||W_i|| < eps -> floor at eps
-    grads[2][0].zero_()  # ||G_i|| = 0 -> guard, no NaN
-    return params, grads
+from tests.builders import agc_zoo, reference_agc
 
 
 @pytest.mark.parametrize("clipping", [0.001, 0.01, 0.05, 0.16, 1.0])
 @pytest.mark.parametrize("foreach", [False, True])
 def test_agc_matches_reference(clipping, foreach):
-    params, grads = _zoo()
+    params, grads = agc_zoo()
     expected = [reference_agc(p, g, clipping) for p, g in zip(params, grads, strict=True)]
     tensors = []
     for p, g in zip(params, grads, strict=True):
@@ -68,7 +39,7 @@ def test_agc_matches_reference(clipping, foreach):
 
 
 def test_unit_layout_and_norms():
-    params, _ = _zoo()
+    params, _ = agc_zoo()
     layout = UnitLayout.of(params)
     assert layout.units == (16, 32, 10, 1, 1, 1, 5, 12) and layout.total == 78
     sq = unitwise_sq_norms(params, foreach=False)
@@ -79,7 +50,7 @@ def test_unit_layout_and_norms():
 
 def test_supplied_norms_are_used_and_additive_over_fragments():
     """The distributed design: partial squared norms of fragments add up to the full norm."""
-    params, grads = _zoo()
+    params, grads = agc_zoo()
     full = unitwise_sq_norms(grads)
     # Split every >=2-D tensor's rows into two column fragments; squares add per unit.
     frag_a = [g.reshape(g.shape[0], -1)[:, ::2] if g.ndim >= 2 else g for g in grads]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.optim.agc_sharded import Fragment, ShardedAGC
-from tests.test_agc import _zoo, reference_agc
+from tests.builders import agc_zoo, reference_agc
 
 
 def _split(numel: int, ranks: int, gen: torch.Generator) -> list[tuple[int, int]]:
@@ -17,7 +17,7 @@ def _split(numel: int, ranks: int, gen: torch.Generator) -> list[tuple[int, int]
 @pytest.mark.parametrize("ranks", [1, 2, 3, 5])
 @pytest.mark.parametrize("clipping", [0.01, 0.16])
 def test_fragments_across_ranks_equal_reference(ranks, clipping):
-    params, grads = _zoo()
+    params, grads = agc_zoo()
     gen = torch.Generator().manual_seed(ranks)
     pieces = [_split(p.numel(), ranks, gen) for p in params]
     work = [g.clone() for g in grads]
@@ -44,7 +44,7 @@ def test_fragments_across_ranks_equal_reference(ranks, clipping):
 
 
 def test_single_rank_call_clips_in_place_and_counts():
-    params, grads = _zoo()
+    params, grads = agc_zoo()
     work = [g.clone() for g in grads]
     frags = [
         Fragment(i, 0, g.view(-1), p.reshape(-1))
@@ -58,7 +58,7 @@ def test_single_rank_call_clips_in_place_and_counts():
 
 
 def test_commit_receives_the_scaled_copy():
-    params, grads = _zoo()
+    params, grads = agc_zoo()
     committed = {}
     copies = [g.clone().view(-1) for g in grads]
     frags = [

@@ -21,8 +21,8 @@ from pipeline.dedup.job import DedupJobConfig, run_dedup
 from pipeline.ingest.inplace import IndexConfig, index_shards
 from pipeline.ingest.run import IngestConfig, ingest
 from pipeline.train.config import PretrainConfig
+from tests.builders import NAMES, shardwriter_set
 from tests.storage_servers import faulty_proxy, gcs_emulator
-from tests.test_index import NAMES, shardwriter_set
 
 ROOT = Path(__file__).resolve().parents[1]
 # 576 samples: 48 batches of 12, an epoch exactly; at 3 ranks the 2 shards split between ranks

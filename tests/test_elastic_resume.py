@@ -21,7 +21,7 @@ from pipeline.testing.spawn import spawn
 from pipeline.train.worker import checkpoint, reshard
 from pipeline.train.worker.engine import build_engine, deepspeed_config
 from pipeline.train.worker.export import full_state_dict, write_weights
-from tests.test_engine_agc import HYPER, _model
+from tests.builders import HYPER, engine_model
 
 GLOBAL, MICRO, STEPS, SAVE_AT, CLASSES, RES = 8, 2, 5, 2, 5, 32
 
@@ -34,7 +34,7 @@ def _batches():
 
 def _engine(world: int, stage: int):
     accum = GLOBAL // (world * MICRO)
-    return build_engine(_model().train(), deepspeed_config(MICRO, accum, world, stage, "fp32",
+    return build_engine(engine_model().train(), deepspeed_config(MICRO, accum, world, stage, "fp32",
                                                            use_gpu=False), **HYPER)  # fmt: skip
 
 

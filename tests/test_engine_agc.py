@@ -13,21 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.models import create_model
 from pipeline.optim.agc import adaptive_grad_clip_
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
 from pipeline.testing.spawn import spawn
 from pipeline.train.worker.engine import build_engine, deepspeed_config
 from pipeline.train.worker.export import full_state_dict
+from tests.builders import HYPER, engine_model
 
 STEPS, MICRO, ACCUM, CLASSES, RES = 4, 2, 2, 5, 32
 NAN_STEP = 2  # rank 1's first micro-batch of this step is NaN
-HYPER = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, clipping=0.01, eps=1e-3)
-
-
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_model("nfnet_nano0", num_classes=CLASSES, drop_rate=0.0, stochdepth_rate=0.0)
 
 
 def _batches(world: int):
@@ -40,11 +34,11 @@ def _batches(world: int):
 
 
 def reference_names() -> set[str]:
-    return {n for n, _ in _model().named_parameters()}
+    return {n for n, _ in engine_model().named_parameters()}
 
 
 def _reference(world: int, skip: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
-    model = _model().train()
+    model = engine_model().train()
     opt = torch.optim.SGD(
         weight_decay_groups(model, HYPER["weight_decay"]), lr=HYPER["lr"],
         momentum=HYPER["momentum"], nesterov=True,
@@ -59,7 +53,7 @@ def _reference(world: int, skip: tuple[int, ...] = ()) -> dict[str, torch.Tensor
 
 
 def _worker(rank: int, world: int, stage: int, out: str, nan_step: int | None = None) -> None:
-    model = _model().train()
+    model = engine_model().train()
     config = deepspeed_config(MICRO, ACCUM, world, stage, "fp32", use_gpu=False)
     engine = build_engine(model, config, **HYPER)
     images, labels = _batches(world)
@@ -102,7 +96,7 @@ def test_zero_agc_matches_single_process_and_skips_a_nonfinite_step(stage, tmp_p
         ref = reference[name]
         err = (value - ref).abs().max() / ref.abs().max().clamp_min(1e-12)
         assert err <= 1e-5, f"{name}: relative error {err:.2e}"
-    initial = _model().state_dict()
+    initial = engine_model().state_dict()
     moved = sum((reference[n] - initial[n]).abs().sum() for n in result["params"])
     assert moved > 0  # the steps changed the weights: the comparison is not of two initial states
     applied = _reference(world=2)  # had the NaN step's momentum or weights moved, we would see it

@@ -21,25 +21,10 @@ from pipeline.data.demo_images import jpeg_bytes, render
 from pipeline.data.manifest import read_manifest
 from pipeline.ingest.inplace import IndexConfig, index_shards
 from pipeline.ingest.run import IngestConfig, ingest
+from tests.builders import NAMES, shardwriter_set
 from tests.loading import rank_batches
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["cat", "dog", "owl"]
-
-
-def shardwriter_set(folder: Path, count: int = 25, per_shard: int = 10, label=True) -> str:
-    """img2dataset's layout, written by webdataset's own ShardWriter: <key>.jpg, <key>.txt (a
-    caption), <key>.json (metadata, here with a class name); returns the brace pattern."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with wds.ShardWriter(str(folder / "%05d.tar"), maxcount=per_shard, verbose=0) as sink:
-        for i in range(count):
-            meta = {"url": f"http://example.com/{i}.jpg", "status": "success"}
-            if label:
-                meta["label"] = NAMES[i % 3]
-            sink.write({"__key__": f"{i:09d}", "jpg": jpeg_bytes(render(i % 3, 0, i, 32)),
-                        "txt": f"a photo of a {NAMES[i % 3]}", "json": meta})  # fmt: skip
-    last = (count - 1) // per_shard
-    return str(folder / f"{{00000..{last:05d}}}.tar")
 
 
 def _snapshot(folder: Path) -> dict:

@@ -15,7 +15,7 @@ import pytest
 from pipeline.cli import run_job
 from pipeline.scaling import ReportJobConfig, run_report
 from pipeline.scaling.synthetic import SweepSpec, sweep_rows, write_sweep_csv
-from tests.test_scaling_fits import chinchilla_csv
+from tests.builders import chinchilla_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "report.py"

@@ -1,7 +1,6 @@
 """Scaling-law fits (pipeline/scaling): Approach 3 against Epoch AI's published replication,
 recovery of known laws, the compute-optimal frontier, the LR trend, and the table reader."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +23,10 @@ from pipeline.scaling import (
 )
 from pipeline.scaling.lbfgs import minimize_batch
 from pipeline.scaling.synthetic import SweepSpec, sweep_rows, write_sweep_csv
+from tests.builders import chinchilla_csv
 
 ROOT = Path(__file__).resolve().parents[1]
-CHINCHILLA_NAME = "chinchilla_svg_extracted_data.csv"
 CHINCHILLA_COLUMNS = Columns(params="Model Size", loss="loss", tokens=None, flops="Training FLOP")
-
-
-def chinchilla_csv() -> Path:
-    """Epoch AI's extraction of Chinchilla's Figure 4 (SPEC §7), vendored in tests/data."""
-    env = os.environ.get("NFSCALE_CHINCHILLA_CSV")
-    path = Path(env) if env else ROOT / "tests" / "data" / CHINCHILLA_NAME
-    assert path.is_file(), f"{path} is missing"
-    return path
 
 
 def test_chinchilla_approach3_inside_epoch_intervals():
