@@ -25,6 +25,7 @@ from benchmarks import (
     scaling_fit,
     sweep_overhead,
     timm_nfnet,
+    trainer_overhead,
     zero_step,
 )
 
@@ -38,6 +39,7 @@ BENCHMARKS = {
     "dedup_scale": dedup_scale.run,  # 1.33M references x 6 vectors: ~15 min, ~12 GB
     "zero_step": zero_step.run,
     "ema_update": ema_update.run,
+    "trainer_overhead": trainer_overhead.run,
     "scaling_fit": scaling_fit.run,
     "sweep_overhead": sweep_overhead.run,
 }

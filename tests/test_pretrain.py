@@ -204,7 +204,7 @@ def test_kill_whole_job_then_a_preempted_rerun_resume_bitwise(
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "resuming from step" in log and "fault injection: SIGTERM at term 8" in log
-    assert "preempted: step 9 is checkpointed" in log
+    assert "preempted (SIGTERM): step 9 is checkpointed" in log
     assert "preempted at step 9: starting the workers again from its checkpoint" in log
     assert "resuming from step 9 of 12" in log
     _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
@@ -266,6 +266,48 @@ def _kill_a_training_node() -> str:
     for p in victims:
         p.kill()
     return ip
+
+
+def _drain_a_training_node(env: dict) -> str:
+    """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` of a node hosting a training
+    worker, as the autoscaler does for a spot reclaim; the node stays up. Returns its address."""
+    import psutil
+
+    workers = [p for p in psutil.process_iter(["cmdline"])
+               if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    assert workers, "no training worker is running"
+    raylet = workers[-1].parent()
+    ip = next(a.split("=", 1)[1] for a in raylet.cmdline() if a.startswith("--node_ip_address="))
+    listed = subprocess.run([RAY, "list", "nodes", "--format", "json"], check=True,
+                            capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    node = next(n["node_id"] for n in json.loads(listed.stdout) if n["node_ip"] == ip)
+    subprocess.run([RAY, "drain-node", "--node-id", node, "--reason",
+                    "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim (test)",
+                    "--deadline-remaining-seconds", "120"],
+                   check=True, capture_output=True, timeout=120, env=env)  # fmt: skip
+    return ip
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.chaos  # ~2 min: `make chaos`
+def test_a_node_drained_for_preemption_is_checkpointed_and_left(reference_run, tiny_data, tmp_path):
+    """One worker per 1-CPU node, a spare node waiting. After the first checkpoint the node of
+    one training worker is drained for preemption (Ray's PreemptionWatcher marks the workers):
+    the trainer checkpoints the step it is in, returns, and the driver starts the workers
+    again on the nodes left, with max_failures=0; the weights equal the uninterrupted run's."""
+    run_dir = tmp_path / "run"
+    with loopback_head(worker_nodes=3) as (address, env):
+        drained = []
+        argv = _submit(address, tiny_data, run_dir, "cluster.max_failures=0")
+        out = _submit_then_fault(argv, env, run_dir,
+                                 lambda: drained.append(_drain_a_training_node(env)))  # fmt: skip
+    assert "preempted (a node drain): step" in out, out[-4000:]
+    assert "starting the workers again from its checkpoint" in out
+    assert "2 workers on 2 nodes" in out.split("resuming from step")[-1]
+    _assert_bitwise_equal(_weights(run_dir), _weights(reference_run))
+    _assert_exactly_once(run_dir, tiny_data, STEPS, 16)
+    print(f"drained node {drained[0]}")
 
 
 @pytest.mark.e2e

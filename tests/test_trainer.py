@@ -1,7 +1,7 @@
 """The trainer as components, without Ray (pipeline.testing.local): a callback added without
-touching the trainer sees every step; a SIGTERM to one rank mid-step ends the run after that
-step with its checkpoint, and the next launch resumes from it to bitwise the uninterrupted
-weights. The Ray path of the same notice is in tests/test_pretrain.py (kill, then preempt)."""
+touching the trainer sees every step; a SIGTERM to one rank mid-step, or a cluster's node-drain
+notice, ends the run after that step with its checkpoint, and the next launch resumes from it to
+bitwise the uninterrupted weights. The Ray path of the same notice is in tests/test_pretrain.py (kill, then preempt)."""
 
 from __future__ import annotations
 
@@ -52,18 +52,28 @@ def _config(data: str, run_dir: str, *extra: dict) -> PretrainConfig:
     return build_config(PretrainConfig, tree)
 
 
+def _drained_after(steps: int):
+    """A cluster's drain notice (Ray: `get_preemption_info`) from the end of step `steps` on."""
+    calls = iter(range(1, 10**6))
+    return lambda: next(calls) >= steps
+
+
 def _worker(rank: int, world: int, data: str, tmp: str) -> None:
     record = {}
-    for name, cfg in (
-        ("reference", _config(data, f"{tmp}/reference")),
-        (
-            "preempted",
-            _config(data, f"{tmp}/preempted", {"callbacks": [faults.spec(term="2")]}),
-        ),  # mid step 3
-        ("resumed", _config(data, f"{tmp}/preempted")),  # launched again, no faults
-    ):
+    for name, cfg, drain in (
+        ("reference", _config(data, f"{tmp}/reference"), None),
+        # SIGTERM to the last rank after its first backward of step 3
+        ("preempted", _config(data, f"{tmp}/preempted", {"callbacks": [faults.spec(term="2")]}),
+         None),
+        # launched again: the cluster announces a node drain at the end of its first step
+        ("drained", _config(data, f"{tmp}/preempted"), _drained_after(1)),
+        ("resumed", _config(data, f"{tmp}/preempted"), None),  # and again, no notice
+    ):  # fmt: skip
         recorder = StepRecorder()
-        Trainer(cfg, local_context(cfg.run.dir), callbacks=[recorder]).run()
+        ctx = local_context(cfg.run.dir)
+        if drain is not None:
+            ctx.drain_notice = drain
+        Trainer(cfg, ctx, callbacks=[recorder]).run()
         record[name] = {"steps": recorder.steps, "ends": recorder.ends,
                         "finished": Path(cfg.run.dir, "final", "summary.json").exists(),
                         "preempted_at": preemption.take(cfg.run.dir) if rank == 0 else None}  # fmt: skip
@@ -77,6 +87,7 @@ def test_a_callback_sees_every_step_and_sigterm_checkpoints_the_step_then_resume
     spawn(_worker, 2, str(tiny_data), str(tmp_path))
     record = json.loads((tmp_path / "record.json").read_text())
     reference, preempted, resumed = record["reference"], record["preempted"], record["resumed"]
+    drained = record["drained"]
     assert [s["step"] for s in reference["steps"]] == list(range(1, STEPS + 1))
     assert all(s["ids"] == 8 and not s["skipped"] for s in reference["steps"])  # 16 / 2 ranks
     assert reference["ends"] == 1 and reference["preempted_at"] is None
@@ -85,8 +96,12 @@ def test_a_callback_sees_every_step_and_sigterm_checkpoints_the_step_then_resume
     assert preempted["preempted_at"] == 3
     assert (tmp_path / "preempted" / "faults" / "terminated-term-2").exists()
     assert not preempted["finished"] and resumed["finished"]
-    assert [s["step"] for s in resumed["steps"]] == [4, 5]
-    assert preempted["steps"] + resumed["steps"] == reference["steps"]  # same LRs, same batches
+    # The drain notice at the end of step 4: that step is checkpointed, the next launch goes on.
+    assert [s["step"] for s in drained["steps"]] == [4] and drained["preempted_at"] == 4
+    assert not drained["finished"] and drained["ends"] == 1
+    assert [s["step"] for s in resumed["steps"]] == [5]
+    # same LRs, same batches
+    assert preempted["steps"] + drained["steps"] + resumed["steps"] == reference["steps"]
     for name in ("model.safetensors", "model_ema.safetensors"):
         ours = load_file(str(tmp_path / "preempted" / "final" / name))
         theirs = load_file(str(tmp_path / "reference" / "final" / name))

@@ -135,6 +135,9 @@ class ClusterSection(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     max_failures: int = Field(3, ge=0)
+    # Restarts after a node Ray saw preempted (drained) died, counted apart from max_failures;
+    # -1: no limit. A run that checkpointed on a notice restarts without counting at all.
+    max_preemptions: int = Field(-1, ge=-1)
     address: str | None = None  # Ray address; None: the job's cluster, or a local instance
     # Extra environment for the training workers (e.g. NCCL_* tuning, allocator settings).
     worker_env: dict[str, str] = Field(default_factory=dict)

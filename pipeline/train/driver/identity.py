@@ -21,7 +21,8 @@ OPERATIONAL = ("run.mlflow_uri", "run.mlflow_parent", "run.experiment", "train.l
                "train.max_nonfinite_steps", "train.activation_checkpointing", "train.callbacks",
                "data.loader_workers", "data.storage_options", "data.expected_samples",
                "data.cache_dir", "data.cache_bytes", "data.prefetch_shards",
-               "cluster.address", "cluster.max_failures", "cluster.cpus_per_worker",
+               "cluster.address", "cluster.max_failures", "cluster.max_preemptions",
+               "cluster.cpus_per_worker",
                "cluster.workers", "cluster.min_workers", "cluster.placement",
                "cluster.worker_env")  # fmt: skip
 

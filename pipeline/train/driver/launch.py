@@ -194,7 +194,8 @@ def launch(cfg: PretrainConfig) -> RunSummary:
         torch_config=TorchConfig(backend=backend),
         run_config=RunConfig(
             name="checkpoints", storage_path=cfg.run.dir,
-            failure_config=FailureConfig(max_failures=cl.max_failures),
+            failure_config=FailureConfig(max_failures=cl.max_failures,
+                                         max_preemption_failures=cl.max_preemptions),
             checkpoint_config=CheckpointConfig(num_to_keep=2), worker_runtime_env={"env_vars": env},
         ),
     )  # fmt: skip

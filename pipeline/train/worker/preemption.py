@@ -1,19 +1,24 @@
-"""A preemption notice (SIGTERM) turned into a checkpoint instead of a lost interval.
+"""A preemption notice turned into a checkpoint instead of a lost interval.
 
-Spot and preemptible VMs get 30-120 s of notice: SIGTERM to the processes on the node. On it,
-a training worker sets a flag and goes on with its step. At the end of every step the ranks agree
-on the flag (one all-reduce of a scalar), so all of them stop after the same step: the trainer
-writes that step's checkpoint, hands it to Ray, leaves `<run.dir>/preempted.json` and returns.
-The driver sees the record, and starts the workers again from that checkpoint, which Ray does
-not count as a failure (`cluster.max_failures`): a preempted run loses nothing.
+Two notices, whichever comes first:
+  - SIGTERM: spot and preemptible VMs get 30-120 s of it, as a signal to the node's processes;
+  - a node drain for preemption, which Ray 2.60 Train detects (its PreemptionWatcher polls the
+    GCS for drained nodes, e.g. the autoscaler's or `ray drain-node --reason
+    DRAIN_NODE_REASON_PREEMPTION`) and hands the workers (`ray.train.get_preemption_info`).
+A worker that gets one goes on with its step. At the end of every step the ranks agree (one
+all-reduce of a scalar), so all of them stop after the same step: the trainer writes that step's
+checkpoint, hands it to Ray, leaves `<run.dir>/preempted.json` and returns. The driver sees the
+record and starts the workers again from that checkpoint, which counts as no failure: a
+preempted run loses nothing. A node that dies for a preemption without either notice is told
+apart by Ray itself and restarted against `cluster.max_preemptions`, not `max_failures`.
 
 Python runs signal handlers on the main thread, and only the main thread may install them. Ray
 Train runs the training function on a thread of its worker actor, whose main thread serves the
 actor's tasks (Ray's own handler there exits the process); so the handler is installed through
 a task on this very actor, which runs on that main thread.
 
-What a node's SIGTERM does to the raylet is the cluster's business: a shutdown script that
-signals the training workers first (infra/README.md) leaves them the notice period.
+What a node's SIGTERM does to the raylet is the cluster's business: a shutdown script should
+signal the training workers first and leave them the notice period (README, Reliability).
 """
 
 from __future__ import annotations
@@ -68,10 +73,15 @@ class PreemptionNotice:
 
     def __init__(self) -> None:
         _NOTICE.clear()
+        self.drained = False  # the notice was a node drain (else some rank's SIGTERM)
         _on_main_thread(_install)
 
-    def agreed(self, device: torch.device) -> bool:
-        """Whether any rank got the notice (a collective: every rank, every step)."""
+    def agreed(self, device: torch.device, drain_notice=lambda: False) -> bool:
+        """Whether any rank got SIGTERM, or the cluster announced a node's preemption (a
+        collective: every rank, every step)."""
+        if drain_notice():
+            self.drained = True
+            _NOTICE.set()
         flag = torch.tensor(float(_NOTICE.is_set()), device=device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)

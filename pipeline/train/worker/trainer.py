@@ -217,7 +217,7 @@ class Trainer:
         for step in range(self.state.step, self.steps):
             info = self.train_step(step)
             self.callbacks.on_step_end(self, info)
-            preempted = self.preemption.agreed(self.device)
+            preempted = self.preemption.agreed(self.device, self.ctx.drain_notice)
             if self.checkpointer.due(self.state.step) or preempted:
                 self.checkpointer.save(self.state.step)  # skips changed no weights
             if preempted:
@@ -271,7 +271,8 @@ class Trainer:
 
     def _preempted(self) -> None:
         step = self.state.step
-        self.say(f"preempted: step {step} is checkpointed after a SIGTERM; the run goes on from it")
+        notice = "a node drain" if self.preemption.drained else "SIGTERM"
+        self.say(f"preempted ({notice}): step {step} is checkpointed; the run goes on from it")
         if self.rank == 0:
             preemption.record(self.cfg.run.dir, step)
         self.tracker.close(status="KILLED")
