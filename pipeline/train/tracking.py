@@ -103,10 +103,14 @@ class MlflowTracker(Tracker):
             self._mlflow.log_params(new)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        # Queued, written by MLflow's logging thread: the step does not wait on the store
+        # (a sqlite write here is ~8 ms, 7% of a nano step); close() flushes.
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step,
+                                 synchronous=False)  # fmt: skip
 
     def log_text(self, text: str, name: str) -> None:
         self._mlflow.log_text(text, name)
 
     def close(self, status: str = "FINISHED") -> None:
+        self._mlflow.flush_async_logging()
         self._mlflow.end_run(status=status)

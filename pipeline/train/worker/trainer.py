@@ -68,6 +68,15 @@ def train_worker(config: dict) -> None:
     Trainer(cfg, context.from_ray(cfg.cluster.use_gpu)).run()
 
 
+def seed_draws(seed: int, device: torch.device) -> None:
+    """Seeds the next micro-batch's dropout and stochastic-depth draws: the CPU generator and
+    this worker's GPU only (`torch.manual_seed` also walks every other accelerator backend:
+    75 us against 1 us per call, a share of a short step)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
 def micro_step(engine, images: torch.Tensor, labels: torch.Tensor, tc) -> tuple:
     """Forward and backward of one micro-batch (update on the accumulation boundary); the loss
     at the current weights and the AGC stats of an update. With SAM (SPEC §5) the backward runs
@@ -239,7 +248,7 @@ class Trainer:
             batch = next(self.batches)
             images = normalize(batch["images"].to(self.device), self.dtype)
             images = self.callbacks.on_micro_batch(self, step, images)
-            torch.manual_seed(micro_batch_seed(self.cfg.run.seed, batch["position"]))  # dropout
+            seed_draws(micro_batch_seed(self.cfg.run.seed, batch["position"]), self.device)
             loss, stats = micro_step(self.engine, images, batch["labels"].to(self.device), tc)
             self.callbacks.after_backward(self, step)
             clip = stats or clip
