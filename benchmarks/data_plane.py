@@ -53,7 +53,7 @@ def _epoch(url: str, opts: dict, cache: Path, world: int, rank: int, res: int) -
                          order.num_samples // BATCH, 0, settings, log=lambda m: None)  # fmt: skip
     n = waited = 0
     for b in stream:
-        n, waited = n + len(b["labels"]), waited + b["wait_s"]
+        n, waited = n + len(b.labels), waited + b.wait_s
     WAITS.append(waited)
     CPU.append(n / (time.thread_time() - cpu))
     return n, time.perf_counter() - start

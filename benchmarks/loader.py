@@ -91,8 +91,8 @@ def run(count: int = 512, res: int = 224, micro: int = 32) -> dict:
                              0, steps, 0, cache)  # fmt: skip
         first = next(stream)  # the shards are in the page cache: both pipelines read memory
         start = time.perf_counter()
-        n = len(first["labels"]) + sum(len(b["labels"]) for b in stream)
-        ours = (n - len(first["labels"])) / (time.perf_counter() - start)
+        n = len(first.labels) + sum(len(b.labels) for b in stream)
+        ours = (n - len(first.labels)) / (time.perf_counter() - start)
 
         tables = {s: store.fetch_index(s) for s in range(len(store.table))}
         members = []

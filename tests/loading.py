@@ -120,7 +120,7 @@ def sample():  # the largest resident set of this process or a loader worker, wh
 threading.Thread(target=sample, daemon=True).start()
 batches = rank_batches(sys.argv[1], "m", Path(sys.argv[2]), global_batch=16, steps=1,
                        workers=int(sys.argv[3]), res=32, storage_options=json.loads(sys.argv[4]))
-assert sum(len(b["sample_ids"]) for b in batches) == 16, batches
+assert sum(len(b.sample_ids) for b in batches) == 16, batches
 print(peak[0] / 2**20)
 if sys.argv[5]:  # then hold a whole shard in memory: the measurement must see it
     data = open(sys.argv[5], "rb").read()

@@ -74,8 +74,8 @@ def _rank_actor():
             batches = rank_batches("gs://bucket/pool", "pool", Path(cache), global_batch=BATCH,
                                    world=world, rank=rank, partitions=6, block_shards=2,
                                    workers=workers, storage_options={"token": "anon"})  # fmt: skip
-            return ([i for b in batches for i in b["sample_ids"].tolist()],
-                    sum(len(b["skipped"]) for b in batches))  # fmt: skip
+            return ([i for b in batches for i in b.sample_ids.tolist()],
+                    sum(len(b.skipped) for b in batches))  # fmt: skip
 
     return Rank
 

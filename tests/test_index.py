@@ -44,9 +44,9 @@ def test_shardwriter_shards_are_indexed_in_place_and_read_by_the_loader(tmp_path
     assert [s.num_samples for s in manifest.shards] == [10, 10, 5]
     assert read_manifest(str(tmp_path / "index" / "laion.manifest.json")) == manifest
     batches = rank_batches(str(tmp_path / "index"), "laion", tmp_path / "cache", global_batch=5)
-    ids = torch.cat([b["sample_ids"] for b in batches]).tolist()
-    labels = torch.cat([b["labels"] for b in batches]).tolist()
-    assert sorted(ids) == list(range(25)) and not any(b["skipped"] for b in batches)
+    ids = torch.cat([b.sample_ids for b in batches]).tolist()
+    labels = torch.cat([b.labels for b in batches]).tolist()
+    assert sorted(ids) == list(range(25)) and not any(b.skipped for b in batches)
     assert all(label == i % 3 for i, label in zip(ids, labels, strict=True))  # key i: NAMES[i % 3]
     # A second run finds every index in place and rewrites nothing.
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "index").iterdir()}
@@ -153,5 +153,5 @@ def test_shards_on_one_store_index_on_another(tmp_path):
     assert manifest.root.startswith("memory://") and manifest.num_samples == 12
     assert manifest.root.endswith(f"theirs-{tmp_path.name}/laion")  # memory:// adds a slash
     batches = rank_batches(str(tmp_path / "mine"), "data", tmp_path / "cache", global_batch=6)
-    assert sorted(i for b in batches for i in b["sample_ids"].tolist()) == list(range(12))
-    assert not any(b["skipped"] for b in batches)
+    assert sorted(i for b in batches for i in b.sample_ids.tolist()) == list(range(12))
+    assert not any(b.skipped for b in batches)

@@ -235,8 +235,8 @@ def test_a_flaky_object_store_loses_nothing(image_tree, tmp_path):
     assert remote.model_dump(exclude={"settings"}) == local.model_dump(exclude={"settings"})
     for rec in local.shards:
         assert remote_bytes[rec.name] == (tmp_path / "local" / rec.name).read_bytes()
-    ids = sorted(i for b in batches for i in b["sample_ids"].tolist())  # the loader's path
-    assert ids == list(range(local.num_samples)) and not any(b["skipped"] for b in batches)
+    ids = sorted(i for b in batches for i in b.sample_ids.tolist())  # the loader's path
+    assert ids == list(range(local.num_samples)) and not any(b.skipped for b in batches)
 
 
 # Ray-task ingest against inline, byte for byte: tests/test_data_plane.py (in its Ray instance).

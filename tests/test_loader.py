@@ -76,8 +76,8 @@ def _global_batches(dataset, tmp_path, world, micro, start, steps, workers, part
     out = []
     for step in range(steps):
         parts = [b for r in range(world) for b in per_rank[r][step * accum : (step + 1) * accum]]
-        out.append((torch.cat([p["sample_ids"] for p in parts]),
-                    torch.cat([p["images"] for p in parts])))  # fmt: skip
+        out.append((torch.cat([p.sample_ids for p in parts]),
+                    torch.cat([p.images for p in parts])))  # fmt: skip
     return out
 
 
@@ -87,14 +87,12 @@ def test_batches_cover_every_sample_once_per_epoch(dataset, tmp_path):
     assert order.num_samples == 30 and len(store.table) > 2
     batches = rank_batches(str(dataset), "d", tmp_path, global_batch=6, micro=3, partitions=3,
                            steps=10, res=24, seed=4)  # 2 epochs  # fmt: skip
-    ids = torch.cat([b["sample_ids"] for b in batches]).tolist()
+    ids = torch.cat([b.sample_ids for b in batches]).tolist()
     assert sorted(ids[:30]) == list(range(30)) and sorted(ids[30:]) == list(range(30))
     assert ids[:30] == [i for s in range(5) for i in canonical_batch(order, 6 * s, 6)]
-    labels = torch.cat([b["labels"] for b in batches])
+    labels = torch.cat([b.labels for b in batches])
     assert set(labels.tolist()) == {0, 1, 2}
-    assert (
-        batches[0]["images"].shape == (3, 3, 24, 24) and batches[0]["images"].dtype == torch.uint8
-    )
+    assert batches[0].images.shape == (3, 3, 24, 24) and batches[0].images.dtype == torch.uint8
 
 
 def test_same_batches_for_any_workers_world_size_and_resume(dataset, tmp_path):
@@ -174,10 +172,10 @@ def _hostile_dataset(root, fs=None, cut=True, manifest_of_cut=True):
 def test_corrupt_samples_are_skipped_counted_and_the_rest_intact(tmp_path):
     _hostile_dataset(tmp_path / "data")
     batches = rank_batches(str(tmp_path / "data"), "h", tmp_path / "cache", global_batch=7)
-    got = sorted(batches[0]["sample_ids"].tolist())
+    got = sorted(batches[0].sample_ids.tolist())
     assert got == [0, 4, 5]  # the pickle sample's image is fine; its .pyd is never decoded
-    reasons = " | ".join(batches[0]["skipped"])
-    assert len(batches[0]["skipped"]) == 4
+    reasons = " | ".join(batches[0].skipped)
+    assert len(batches[0].skipped) == 4
     assert "empty file" in reasons and "decompression bomb" in reasons and "cut off" in reasons
 
 
@@ -199,7 +197,7 @@ def test_a_shard_failing_its_checksum_is_fetched_again_then_skipped_by_name(tmp_
     before = fsspec.core.url_to_fs(f"{root}/{name}")[0].cat_file(f"{root}/{name}")
     lines = []
     batches = rank_batches(root, "h", tmp_path / "cache", global_batch=7, log=lines.append)
-    assert batches[0]["sample_ids"].tolist() == [] and len(batches[0]["skipped"]) == 7
+    assert batches[0].sample_ids.tolist() == [] and len(batches[0].skipped) == 7
     assert len(lines) == 1 and f"shard {name} is skipped, its 7 samples" in lines[0], lines
     reason = "truncated or wrong size" if where == "local" else "does not match the manifest"
     assert reason in lines[0]

@@ -83,6 +83,19 @@ class RankReader:
         return out
 
 
+@dataclass
+class MicroBatch:
+    """One rank's micro-batch, as the loader hands it to the trainer."""
+
+    images: torch.Tensor  # uint8 [n, 3, res, res], n < micro_batch when samples were skipped
+    labels: torch.Tensor  # int64 [n]
+    sample_ids: torch.Tensor  # int64 [n]: the samples' ids in the data set (the audit trail)
+    skipped: list[str]  # why each dropped sample was dropped
+    index: int  # its place in this rank's stream of micro-batches
+    position: int  # stream position of its first sample: seeds its dropout draws
+    wait_s: float  # time spent waiting on shards still downloading
+
+
 class RankBatches(torch.utils.data.Dataset):
     def __init__(
         self,
@@ -106,7 +119,7 @@ class RankBatches(torch.utils.data.Dataset):
         step, micro = divmod(i, self.accum)
         return self.start + step * self.plan.global_batch, self.lo + micro * self.plan.micro_batch
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> MicroBatch:
         if not 0 <= i < len(self):
             raise IndexError(i)
         batch_start, first = self.bounds(i)
@@ -131,17 +144,17 @@ class RankBatches(torch.utils.data.Dataset):
             labels.append(label)
             ids.append(sample_id)
         res = getattr(self.transform, "res", 0)
-        return {
-            "images": torch.stack(images)
+        return MicroBatch(
+            images=torch.stack(images)
             if images
             else torch.zeros((0, 3, res, res), dtype=torch.uint8),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "sample_ids": torch.tensor(ids, dtype=torch.long),
-            "skipped": errors,
-            "index": i,
-            "position": batch_start + first,
-            "wait_s": self.reader.shards.wait_s - waited,  # for shards still downloading
-        }
+            labels=torch.tensor(labels, dtype=torch.long),
+            sample_ids=torch.tensor(ids, dtype=torch.long),
+            skipped=errors,
+            index=i,
+            position=batch_start + first,
+            wait_s=self.reader.shards.wait_s - waited,  # for shards still downloading
+        )
 
 
 def make_loader(
@@ -200,7 +213,7 @@ def rank_stream(
         on_start(shard_cache)
     try:
         for batch in loader:
-            shard_cache.consumed(batch["index"])
+            shard_cache.consumed(batch.index)
             yield batch
     finally:
         del loader  # stops the loader workers

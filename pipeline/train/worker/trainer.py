@@ -246,16 +246,16 @@ class Trainer:
         losses, ids, skipped, clip, waited = [], [], 0, None, 0.0
         for _ in range(self.accum):
             batch = next(self.batches)
-            images = normalize(batch["images"].to(self.device), self.dtype)
+            images = normalize(batch.images.to(self.device), self.dtype)
             images = self.callbacks.on_micro_batch(self, step, images)
-            seed_draws(micro_batch_seed(self.cfg.run.seed, batch["position"]), self.device)
-            loss, stats = micro_step(self.engine, images, batch["labels"].to(self.device), tc)
+            seed_draws(micro_batch_seed(self.cfg.run.seed, batch.position), self.device)
+            loss, stats = micro_step(self.engine, images, batch.labels.to(self.device), tc)
             self.callbacks.after_backward(self, step)
             clip = stats or clip
             losses.append(loss)
-            ids += batch["sample_ids"].tolist()
-            skipped += len(batch["skipped"])
-            waited += batch["wait_s"]
+            ids += batch.sample_ids.tolist()
+            skipped += len(batch.skipped)
+            waited += batch.wait_s
         if clip.skipped:  # some rank's loss or the averaged gradient was not finite
             state.skipped_steps += 1
             state.nonfinite_streak += 1
