@@ -107,17 +107,18 @@ class Trainer:
         self.extra_callbacks = list(callbacks)
 
     def run(self) -> None:
+        """setup, resume, train, finish; every rank runs it."""
         if not self.setup():
             return
-        self.resume()
-        self.callbacks.on_train_start(self)
         try:
-            outcome = self.train()
-            if outcome == "finished":
+            self.resume()
+            self.callbacks.on_train_start(self)
+            if self.train() == "finished":
                 self.finish()
         finally:
-            self.batches.close()  # the shard cache goes with it
             self.preemption.close()
+            if hasattr(self, "batches"):
+                self.batches.close()  # the shard cache goes with it
             self.callbacks.on_train_end(self)
 
     # ---- setup ------------------------------------------------------------------------------
