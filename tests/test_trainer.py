@@ -6,6 +6,8 @@ bitwise the uninterrupted weights. The Ray path of the same notice is in tests/t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -111,3 +113,28 @@ def test_a_callback_sees_every_step_and_sigterm_checkpoints_the_step_then_resume
     first = json.loads((tmp_path / "reference" / "final" / "summary.json").read_text())
     assert summary["heldout_loss"] == first["heldout_loss"]
     assert [h["step"] for h in summary["heldout_history"]] == [2, 4]
+
+
+def test_a_first_sigterm_is_a_notice_and_a_second_ends_the_process_as_before(tmp_path):
+    """The first SIGTERM only sets the notice; a second one goes to the handler ours replaced
+    (Ray's exits the worker), as without us; closing the notice restores that handler too."""
+    probe = """
+import os, signal, torch
+from pipeline.train.worker.preemption import PreemptionNotice
+seen = []
+signal.signal(signal.SIGTERM, lambda s, f: seen.append("before"))
+notice = PreemptionNotice()
+os.kill(os.getpid(), signal.SIGTERM)
+print("first", notice.agreed(torch.device("cpu")), seen)
+os.kill(os.getpid(), signal.SIGTERM)
+print("second", seen)
+notice = PreemptionNotice()
+notice.close()
+os.kill(os.getpid(), signal.SIGTERM)
+print("closed", seen)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:3] == ["first True []", "second ['before']",
+                                          "closed ['before', 'before']"], out.stdout  # fmt: skip

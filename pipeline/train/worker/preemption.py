@@ -37,10 +37,13 @@ from pipeline.storage import atomic_write
 RECORD = "preempted.json"  # <run.dir>/preempted.json: the step a preempted launch checkpointed
 _NOTICE = threading.Event()  # set by the handler, read by the training thread
 _previous = None  # the handler ours replaced (Ray's exits): restored at the end of the run
+_terms = 0  # SIGTERMs received in this run
 
 
 def _on_sigterm(signum, frame) -> None:
-    if _NOTICE.is_set():  # a second SIGTERM: the process ends as it would have without us
+    global _terms
+    _terms += 1
+    if _terms > 1:  # a second SIGTERM: the process ends as it would have without us
         _restore()
         os.kill(os.getpid(), signum)
         return
@@ -72,7 +75,9 @@ class PreemptionNotice:
     """Listens for SIGTERM from construction to `close()`; `agreed()` at every step end."""
 
     def __init__(self) -> None:
+        global _terms
         _NOTICE.clear()
+        _terms = 0
         self.drained = False  # the notice was a node drain (else some rank's SIGTERM)
         _on_main_thread(_install)
 
