@@ -16,6 +16,7 @@ from pathlib import Path
 
 import fsspec
 import yaml
+from pydantic import ValidationError
 
 from pipeline.config import RunStopped, UserError
 from pipeline.data.manifest import manifest_path, read_manifest
@@ -134,8 +135,8 @@ def finished_summary(cfg: PretrainConfig) -> RunSummary | None:
     try:
         written = yaml.safe_load(fs.cat_file(f"{root}/config.yaml"))
         summary = RunSummary.read(cfg.run.dir)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, ValidationError):  # not finished, or by an older summary format:
+        return None  # the launch resumes from the last checkpoint and writes final/ again
     return None if recipe_changes(written, cfg.model_dump(mode="json")) else summary
 
 
