@@ -477,6 +477,10 @@ def _file_hashes(root: Path) -> dict[str, str]:
             "train.callbacks[0].target='nowhere.probes:Histogram' cannot be imported",
         ),
         ("train.callbacks=[{target: histogram}]", "train.callbacks.0.target"),
+        (
+            'train.callbacks=[{target: "pipeline.testing.faults:Faults", args: {kill: "midway:3"}}]',
+            "refuses its args: kill: unknown kill point 'midway'; expected checkpoint or step",
+        ),
     ],
 )
 def test_bad_input_is_one_line_before_ray_starts(tiny_data, tmp_path, override, expected):

@@ -93,15 +93,20 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
 
 
 def _check_callbacks(cfg: PretrainConfig) -> None:
-    """Each train.callbacks target imports here (the workers run the same code)."""
+    """Each train.callbacks entry imports and builds here (the workers run the same code; a
+    callback's constructor only takes its settings, its hooks do the work)."""
     for i, spec in enumerate(cfg.train.callbacks):
         try:
-            callbacks.resolve(spec.target)
+            target = callbacks.resolve(spec.target)
         except (ImportError, AttributeError) as e:
             raise UserError(
                 f"train.callbacks[{i}].target={spec.target!r} cannot be imported ({e}); expected"
                 " package.module:Name of a callback installed with the pipeline"
             ) from None
+        try:
+            target(**spec.args)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"train.callbacks[{i}] ({spec.target}) refuses its args: {e}") from None
 
 
 def _check_cache(cfg: PretrainConfig, train) -> None:
