@@ -84,7 +84,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
             trainer.batches = _Closing(fetched(), batches)
 
         def on_step_end(self, trainer, info):
-            self.rows.append((info.started, work["s"], None, loader["s"]))
+            self.rows.append((info.started, work["s"], loader["s"]))
 
     cycles = Cycles()
     cfg = build_config(PretrainConfig, {
@@ -100,7 +100,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     shares, cycle_s, fetch = [], [], []
     for k in range(5, len(rows) - 1):  # step k's cycle ends where step k + 1 starts
         cycle = rows[k + 1][0] - rows[k][0]
-        fetched = rows[k][3] - rows[k - 1][3]  # the loader's next() calls within step k
+        fetched = rows[k][2] - rows[k - 1][2]  # the loader's next() calls within step k
         overhead = cycle - (rows[k][1] - rows[k - 1][1]) - fetched
         shares.append(overhead / cycle)
         cycle_s.append(cycle)

@@ -108,7 +108,7 @@ def _reference(shared_ascent: bool) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, stage: int, out: str) -> None:
-    from pipeline.train.worker.trainer import micro_step
+    from pipeline.train.worker.step import micro_step
 
     engine = build_engine(_model().train(),
                           deepspeed_config(MICRO, ACCUM, world, stage, "fp32", use_gpu=False), **HYPER)  # fmt: skip

@@ -21,21 +21,16 @@ import os
 import time
 import warnings
 
-import fsspec
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from pipeline.config import dump_config
 from pipeline.data.loader import BatchPlan, micro_batch_seed
 from pipeline.data.order import Cursor
 from pipeline.data.transforms import normalize
 from pipeline.log import EVERY_RANK
 from pipeline.models import create_model
-from pipeline.optim.sam import ascent_count, perturbed
 from pipeline.optim.schedules import scaled_lr, warmup_cosine
 from pipeline.process import setup_process
-from pipeline.storage import atomic_write
 from pipeline.train.config import (
     PretrainConfig,
     resolved_partitions,
@@ -56,7 +51,8 @@ from pipeline.train.worker.context import WorkerContext
 from pipeline.train.worker.data import HeldOut, TrainData
 from pipeline.train.worker.ema import Ema
 from pipeline.train.worker.engine import build_engine, deepspeed_config, set_determinism
-from pipeline.train.worker.export import save_safetensors, write_weights
+from pipeline.train.worker.finish import finish_run
+from pipeline.train.worker.step import micro_step, seed_draws
 from pipeline.train.worker.warmstart import load_weights, source_path
 
 log = logging.getLogger(__name__)
@@ -66,36 +62,6 @@ def train_worker(config: dict) -> None:
     """Ray Train's entry point on every worker."""
     cfg = PretrainConfig.model_validate(config)
     Trainer(cfg, context.from_ray(cfg.cluster.use_gpu)).run()
-
-
-def seed_draws(seed: int, device: torch.device) -> None:
-    """Seeds the next micro-batch's dropout and stochastic-depth draws: the CPU generator and
-    this worker's GPU only (`torch.manual_seed` also walks every other accelerator backend:
-    75 us against 1 us per call, a share of a short step)."""
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
-
-
-def micro_step(engine, images: torch.Tensor, labels: torch.Tensor, tc) -> tuple:
-    """Forward and backward of one micro-batch (update on the accumulation boundary); the loss
-    at the current weights and the AGC stats of an update. With SAM (SPEC §5) the backward runs
-    at w + e, e from this rank's own gradient on the first ascent_fraction (a step variant)."""
-
-    def loss_of(model, x, y):
-        return F.cross_entropy(model(x).float(), y, label_smoothing=tc.label_smoothing)
-
-    if not tc.sam_rho:
-        loss = loss_of(engine.engine, images, labels)
-        return loss.detach(), engine.micro_step(loss)
-    k = ascent_count(len(labels), tc.sam_ascent_fraction)
-    weights = [p for p in engine.module.parameters() if p.requires_grad]
-    # The ascent runs on the bare module: no engine hooks, no communication.
-    with perturbed(
-        weights, lambda: loss_of(engine.module, images[:k], labels[:k]), tc.sam_rho
-    ) as loss:
-        engine.backward(loss_of(engine.engine, images, labels))
-    return loss, engine.step()
 
 
 class Trainer:
@@ -304,60 +270,7 @@ class Trainer:
 
     # ---- finish -----------------------------------------------------------------------------
     def finish(self) -> RunSummary:
-        cfg, rank, state = self.cfg, self.rank, self.state
-        evaluation = self.evaluate()
-        fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir.rstrip('/')}/final")
-        if rank == 0:
-            fs.makedirs(root, exist_ok=True)
-        meta = {"model": cfg.model.name, "classes": str(self.classes), "step": str(state.step)}
-        # A collective (every rank); rank 0 streams the weights to the file, one parameter at a time.
-        buffers = write_weights(self.engine.engine, fs, f"{root}/model.safetensors", meta,
-                                write=rank == 0)  # fmt: skip
-        ema_eval = {}
-        if self.ema is not None:
-            plain = self.new_model()
-            averaged = {**self.ema.gathered(), **buffers}  # a collective: every rank evaluates
-            plain.load_state_dict(averaged)
-            ema_eval = self.evaluate(plain.to(self.device), torch.float32)
-        images = state.step * cfg.train.global_batch
-        summary = RunSummary(**{
-            "model": cfg.model.name, "params": self.params, "classes": self.classes,
-            "steps": self.steps, "global_batch": cfg.train.global_batch, "images_seen": images,
-            "epochs": images / state.cursor.num_samples, "flops_per_image": self.flops_per_image,
-            "train_flops": self.flops_per_image * images, "train_seconds": state.elapsed_s,
-            "device_hours": state.elapsed_s * self.world / 3600,
-            "final_train_loss": self.mean(torch.stack(self.losses).mean()) if self.losses else None,
-            "heldout_loss": evaluation.get("loss"), "heldout_top1": evaluation.get("top1"),
-            "heldout_top5": evaluation.get("top5"), "heldout_loss_ema": ema_eval.get("loss"),
-            "heldout_top1_ema": ema_eval.get("top1"), "heldout_top5_ema": ema_eval.get("top5"),
-            "resolution": cfg.data.resolution,
-            "eval_resolution": cfg.data.eval_resolution or cfg.data.resolution,
-            "init_from": source_path(cfg.init) if cfg.init.from_run else None,
-            "heldout_history": state.history, "skipped_samples": state.skipped_samples,
-            "skipped_steps": state.skipped_steps,
-            "peak_rss_gib": memory.gathered_peaks(), "step_seconds": state.elapsed_s / self.steps,
-            "memory_estimate_gib": self.memory_need / memory.GIB if self.memory_need else None,
-            "workers": self.world, "placement": self.ctx.placement,
-            "zero_stage": cfg.cluster.zero_stage, "data_io": self.data.io_summary(),
-            "run_dir": cfg.run.dir,
-            "mlflow_run_id": state.mlflow_run_id, "deepspeed": self.ds_config,
-        })  # fmt: skip
-        if rank == 0:
-            if self.ema is not None:
-                save_safetensors(fs, f"{root}/model_ema.safetensors", averaged, meta)
-            atomic_write(fs, f"{root}/config.yaml", dump_config(cfg).encode())
-            summary.write(cfg.run.dir)
-            self.say(f"done: held-out loss {summary.heldout_loss}, {images} images,"
-                     f" {summary.train_flops:.3g} FLOPs -> {cfg.run.dir}/final")  # fmt: skip
-        tracker = self.tracker
-        tracker.log_metrics({k: v for k, v in summary.model_dump().items()
-                             if k.startswith("heldout_") and isinstance(v, float)}, state.step)  # fmt: skip
-        tracker.log_metrics({"train_flops": summary.train_flops,
-                             "device_hours": summary.device_hours}, state.step)  # fmt: skip
-        tracker.log_text(summary.to_json(), "summary.json")
-        tracker.log_text(dump_config(cfg), "config.yaml")
-        tracker.close()
-        return summary
+        return finish_run(self)
 
     # ---- helpers ----------------------------------------------------------------------------
     def mean(self, x: torch.Tensor) -> float:
