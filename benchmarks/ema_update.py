@@ -42,13 +42,14 @@ def _worker(rank: int, world: int, name: str, repeats: int, out: str) -> None:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from pipeline.models import create_model
+    from pipeline.train.config import OptimizerSection
     from pipeline.train.worker.ema import Ema
     from pipeline.train.worker.engine import build_engine, deepspeed_config
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=1000)
-    engine = build_engine(model, deepspeed_config(4, 1, world, 2, "fp32", use_gpu=False), lr=0.1,
-                          momentum=0.9, nesterov=True, weight_decay=0.0, clipping=0.01, eps=1e-3).engine  # fmt: skip
+    engine = build_engine(model, deepspeed_config(4, 1, world, 2, "fp32", use_gpu=False), 0.1,
+                          OptimizerSection(weight_decay=0.0)).engine  # fmt: skip
     ours, before = Ema(engine, 0.9999), HostEma(engine, 0.9999)
     torch_ema = AveragedModel(engine.module, multi_avg_fn=get_ema_multi_avg_fn(0.9999))
     step = iter(range(10**9))

@@ -27,15 +27,13 @@ def run(epochs: tuple[float, ...] = (0.25, 0.5)) -> dict:
                      f"sweep.epochs=[{', '.join(map(str, epochs))}]"]  # fmt: skip
         out = run_sweep(load_config(SweepConfig, "configs/sweep/nano.yaml", overrides))
         rows = list(ResultsTable(out.results).latest().values())
-    overhead = [float(r["wall_s"]) - float(r["train_s"]) for r in rows]
+    overhead = [r.wall_s - r.train_s for r in rows]
     return {
         "points": len(rows),
-        "train_s": [round(float(r["train_s"]), 1) for r in rows],
-        "wall_s": [round(float(r["wall_s"]), 1) for r in rows],
+        "train_s": [round(r.train_s, 1) for r in rows],
+        "wall_s": [round(r.wall_s, 1) for r in rows],
         "overhead_s_median": statistics.median(overhead),
-        "overhead_share_median": statistics.median(
-            (float(r["wall_s"]) - float(r["train_s"])) / float(r["wall_s"]) for r in rows
-        ),
+        "overhead_share_median": statistics.median((r.wall_s - r.train_s) / r.wall_s for r in rows),
     }
 
 

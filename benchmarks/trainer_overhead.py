@@ -92,7 +92,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
         "data": {"train": f"{data}/train", "train_prefix": "train", "val": None, "resolution": 48,
                  "min_crop_scale": 0.25},
         "train": {"epochs": STEPS * 32 / 800, "global_batch": 32, "micro_batch": 16,
-                  "ema_decay": 0.999, "checkpoint_every": 1000, "log_every": 10},
+                  "ema": {"decay": 0.999}, "checkpoint": {"every": 1000}, "log_every": 10},
         "cluster": {"workers": 1},
     })  # fmt: skip
     trainer_module.Trainer(cfg, local_context(cfg.run.dir), callbacks=[cycles]).run()

@@ -35,6 +35,7 @@ def _worker(rank: int, world: int, name: str, res: int, micro: int, repeats: int
     from pipeline.models import create_model
     from pipeline.optim.agc import adaptive_grad_clip_
     from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
+    from pipeline.train.config import OptimizerSection
     from pipeline.train.worker.engine import build_engine, deepspeed_config
 
     steps = STEPS_WARMUP + repeats
@@ -45,7 +46,7 @@ def _worker(rank: int, world: int, name: str, res: int, micro: int, repeats: int
     model = create_model(name).train()
     params = sum(p.numel() for p in model.parameters())
     engine = build_engine(model, deepspeed_config(micro, 1, world, 2, "fp32", False, params),
-                          0.1, 0.9, True, 1e-5, 0.01, 1e-3)  # fmt: skip
+                          0.1, OptimizerSection(weight_decay=1e-5))  # fmt: skip
     agc_call = engine.agc.__call__
     agc_times: list[float] = []
 

@@ -10,6 +10,7 @@ import webdataset as wds
 
 from pipeline.data.demo_images import jpeg_bytes, render
 from pipeline.models import create_model
+from pipeline.train.config import AgcSection, OptimizerSection
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +73,11 @@ def engine_model(classes: int = 5) -> torch.nn.Module:
     return create_model("nfnet_nano0", num_classes=classes, drop_rate=0.0, stochdepth_rate=0.0)
 
 
-# from tests/test_engine_agc.py
+# from tests/test_engine_agc.py: the reference steps use HYPER, the engine OPTIMIZER (the same)
 HYPER = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, clipping=0.01, eps=1e-3)
+OPTIMIZER = OptimizerSection(momentum=HYPER["momentum"], nesterov=HYPER["nesterov"],
+                             weight_decay=HYPER["weight_decay"],
+                             agc=AgcSection(clipping=HYPER["clipping"], eps=HYPER["eps"]))  # fmt: skip
 
 
 # from tests/test_scaling_fits.py

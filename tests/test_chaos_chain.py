@@ -27,7 +27,7 @@ from tests.storage_servers import faulty_proxy, gcs_emulator
 ROOT = Path(__file__).resolve().parents[1]
 POINT = ("{data: {train: gs://bucket/dedup, train_prefix: pool, val: gs://bucket/shards/val,"
          " val_prefix: val, resolution: 32, eval_resolution: 32, val_samples: 16},"
-         " train: {global_batch: 8, micro_batch: 4, checkpoint_every: 2, eval_every: 0},"
+         " train: {global_batch: 8, micro_batch: 4, checkpoint: {every: 2}, eval_every: 0},"
          " cluster: {workers: 1}}")  # fmt: skip
 
 
@@ -77,8 +77,8 @@ def test_stage_jobs_on_gs_through_a_faulty_proxy(tmp_path):
                               "'sweep.epochs=[0.5, 1.0]'", f"'pretrain={POINT}'"],
                     env, dashboard)  # fmt: skip
             rows = ResultsTable(str(sweep_dir / "results.csv")).latest()
-            best = min(rows.values(), key=lambda r: float(r["heldout_loss"]))
-            _submit("finetune", [f"init.from_run={best['run_dir']}",
+            best = min(rows.values(), key=lambda r: r.heldout_loss)
+            _submit("finetune", [f"init.from_run={best.run_dir}",
                                  f"run.dir={tmp_path / 'finetune'}",
                                  "data.train=gs://bucket/dedup", "data.train_prefix=pool",
                                  "data.val=gs://bucket/shards/val", "data.val_prefix=val",
@@ -98,10 +98,10 @@ def test_stage_jobs_on_gs_through_a_faulty_proxy(tmp_path):
         report = set(fs.ls("bucket/report", detail=False))
     assert n.failed >= 5 and n.stalled >= 2, vars(n)  # the faults did happen
     assert pool == 4 * 12 + 4 and len(audit) >= 4 and kept == pool - len(audit)  # 4 planted
-    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows.values())
+    assert len(rows) == 2 and all(r.finished for r in rows.values())
     for r in rows.values():
-        summary = json.loads((Path(r["run_dir"]) / "final" / "summary.json").read_text())
+        summary = json.loads((Path(r.run_dir) / "final" / "summary.json").read_text())
         assert summary["images_seen"] > 0 and summary["heldout_loss"] < 10
     finetune = json.loads((tmp_path / "finetune" / "final" / "summary.json").read_text())
-    assert finetune["init_from"].startswith(best["run_dir"]) and finetune["eval_resolution"] == 40
+    assert finetune["init_from"].startswith(best.run_dir) and finetune["eval_resolution"] == 40
     assert {"bucket/report/report.html", "bucket/report/fit.json"} <= report

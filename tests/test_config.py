@@ -136,7 +136,7 @@ def test_the_finetune_default_extends_the_pretraining_default():
     tuned = load_config(FinetuneConfig, "configs/finetune/nano.yaml")
     pre = load_config(PretrainConfig, "configs/pretrain/nano.yaml")
     assert tuned.data.train == pre.data.train and tuned.cluster == pre.cluster
-    assert tuned.train.global_batch == pre.train.global_batch and tuned.train.sam_rho == 0.05
+    assert tuned.train.global_batch == pre.train.global_batch and tuned.train.sam.rho == 0.05
     assert tuned.data.resolution == 64 and tuned.init.from_run == "runs/pretrain/nano"
 
 
@@ -146,3 +146,52 @@ def test_a_sweeps_pretraining_keys_are_checked_when_the_sweep_config_loads():
     with pytest.raises(ConfigError, match=r"pretrain \(onto configs/pretrain/nano.yaml\): bad"
                                           r" config value train.epochs=-1"):  # fmt: skip
         load_config(SweepConfig, "configs/sweep/nano.yaml", ["pretrain.train.epochs=-1"])
+
+
+def test_a_key_of_the_flat_layout_is_refused_with_its_new_name():
+    from pipeline.sweep.config import SweepConfig
+    from pipeline.train.config import PretrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_config(PretrainConfig, "configs/pretrain/nano.yaml", ["train.agc_clipping=0.02"])
+    assert str(info.value) == (
+        "bad config: train.agc_clipping is now train.optimizer.agc.clipping; expected the new key"
+    )
+    with pytest.raises(ConfigError, match=r"pretrain \(onto configs/pretrain/nano.yaml\):"
+                                          r" run.mlflow_uri is now tracking.uri"):  # fmt: skip
+        load_config(SweepConfig, "configs/sweep/nano.yaml", ["pretrain.run.mlflow_uri=x"])
+
+
+def test_a_run_directory_of_the_flat_layout_resumes_and_a_changed_recipe_is_refused(tmp_path):
+    import yaml
+
+    from pipeline.config import UserError
+    from pipeline.train.config import PretrainConfig, migrate
+    from pipeline.train.driver.identity import RUN_CONFIG, check_same_run
+
+    assert migrate({"run": {"dir": "r", "mlflow_uri": "u"},
+                    "train": {"base_lr": 0.4, "agc_clipping": 0.02, "epochs": 2}}) == {
+        "run": {"dir": "r"}, "tracking": {"uri": "u"},
+        "train": {"epochs": 2, "schedule": {"base_lr": 0.4},
+                  "optimizer": {"agc": {"clipping": 0.02}}}}  # fmt: skip
+    cfg = load_config(PretrainConfig, "configs/pretrain/nano.yaml", [f"run.dir={tmp_path}"])
+    # run_config.yaml as the flat layout wrote it: no tracking section, no checkpoint.keep
+    tree = cfg.model_dump(mode="json")
+    t, tracking = tree["train"], tree.pop("tracking")
+    tree["run"].update(experiment=tracking["experiment"], mlflow_uri=None, mlflow_parent=None)
+    t.update(base_lr=t["schedule"]["base_lr"], reference_batch=256,
+             warmup_epochs=t["schedule"]["warmup_epochs"], momentum=0.9, nesterov=True,
+             weight_decay=t["optimizer"]["weight_decay"], agc_clipping=0.01, agc_eps=1e-3,
+             ema_decay=t["ema"]["decay"], checkpoint_every=20, sam_rho=0.0,
+             sam_ascent_fraction=1.0)  # fmt: skip
+    for key in ("schedule", "optimizer", "ema", "sam", "checkpoint"):
+        del t[key]
+    (tmp_path / RUN_CONFIG).write_text(yaml.safe_dump(tree))
+    check_same_run(cfg)  # the same recipe: resumes
+    check_same_run(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"experiment": "other"})}))  # an operational key may change  # fmt: skip
+    changed = load_config(PretrainConfig, "configs/pretrain/nano.yaml",
+                          [f"run.dir={tmp_path}", "train.optimizer.agc.clipping=0.02"])  # fmt: skip
+    with pytest.raises(UserError, match=r"another config \(train.optimizer.agc.clipping: 0.01 ->"
+                                        r" 0.02\); expected the same recipe"):  # fmt: skip
+        check_same_run(changed)

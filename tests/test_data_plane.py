@@ -144,7 +144,7 @@ def _pretrain(run_dir: Path) -> dict:
         "data.train=gs://bucket/laion-index", "data.train_prefix=laion", "data.val=null",
         "data.storage_options={token: anon}", "data.resolution=32", "data.loader_workers=2",
         "train.epochs=1", "train.global_batch=8", "train.micro_batch=2", "train.eval_every=0",
-        "train.checkpoint_every=100", "train.log_every=1", f"run.dir={run_dir}"])  # fmt: skip
+        "train.checkpoint.every=100", "train.log_every=1", f"run.dir={run_dir}"])  # fmt: skip
     return launch(cfg)
 
 

@@ -23,14 +23,14 @@ PY = sys.executable
 
 
 def _args(tmp: Path) -> list[str]:
-    point = "{data: {resolution: 32, eval_resolution: 32, val_samples: 16}, train: {global_batch: 8, micro_batch: 4, checkpoint_every: 1, log_every: 1, warmup_epochs: 0}, cluster: {workers: 1}}"
+    point = "{data: {resolution: 32, eval_resolution: 32, val_samples: 16}, train: {global_batch: 8, micro_batch: 4, checkpoint: {every: 1}, log_every: 1, schedule: {warmup_epochs: 0}}, cluster: {workers: 1}}"
     return [
         f"out={tmp / 'runs'}", f"data.out={tmp / 'data'}", "data.classes=4",
         "data.train_per_class=12", "data.val_per_class=4", "data.reference=8", "data.planted=4",
         "data.size=40", "data.workers=1",
         "sweep.sweep.models=[nfnet_nano0, nfnet_nano1]", "sweep.sweep.epochs=[0.5, 1.0]",
         f"sweep.pretrain={point}",
-        "finetune.train={epochs: 0.5, global_batch: 16, micro_batch: 4, sam_ascent_fraction: 0.5,"
+        "finetune.train={epochs: 0.5, global_batch: 16, micro_batch: 4, sam: {ascent_fraction: 0.5},"
         " log_every: 1}",
         "finetune.data={resolution: 32, eval_resolution: 40, val_samples: 16}", "bootstrap=20",
     ]  # fmt: skip
@@ -60,7 +60,7 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
     finally:
         proc.kill()
     before = ResultsTable(str(results)).rows()
-    done_first = [r["point"] for r in before if r["status"] == "finished"]
+    done_first = [r.point for r in before if r.finished]
     assert 1 <= len(done_first) < 4  # the kill landed mid-sweep
 
     out = _demo(tmp_path)
@@ -69,13 +69,13 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
     for point in done_first:
         assert f"sweep: {point} finished before, skipped" in out.stdout
     rows = ResultsTable(str(results)).rows()
-    assert all([r["point"] for r in rows].count(p) == 1 for p in done_first)  # never re-run
+    assert all([r.point for r in rows].count(p) == 1 for p in done_first)  # never re-run
     latest = ResultsTable(str(results)).latest()
-    assert len(latest) == 4 and all(r["status"] == "finished" for r in latest.values())
+    assert len(latest) == 4 and all(r.finished for r in latest.values())
     for r in latest.values():
-        summary = json.loads((Path(r["run_dir"]) / "final" / "summary.json").read_text())
-        assert float(r["heldout_loss"]) == summary["heldout_loss"] and summary["workers"] == 1
-        assert int(r["images_seen"]) == summary["images_seen"] and float(r["flops"]) > 0
+        summary = json.loads((Path(r.run_dir) / "final" / "summary.json").read_text())
+        assert r.heldout_loss == summary["heldout_loss"] and summary["workers"] == 1
+        assert r.images_seen == summary["images_seen"] and r.flops > 0
 
     # dedup: the audit trail, and the sweep trained on the kept pool
     audit = [json.loads(x) for x in (runs / "dedup" / "duplicates.jsonl").read_text().splitlines()]
@@ -85,15 +85,14 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
     assert kept.num_samples == pool.num_samples - len(audit)
     for r in latest.values():
         assert (
-            f"train: {runs / 'dedup'}\n"
-            in (Path(r["run_dir"]) / "final" / "config.yaml").read_text()
+            f"train: {runs / 'dedup'}\n" in (Path(r.run_dir) / "final" / "config.yaml").read_text()
         )
 
     # fine-tune: the best point's EMA weights, a fresh head, SAM, evaluated at a higher resolution
-    best = min(latest.values(), key=lambda r: float(r["heldout_loss"]))
-    finetune = runs / "finetune" / best["point"]
+    best = min(latest.values(), key=lambda r: r.heldout_loss)
+    finetune = runs / "finetune" / best.point
     tuned = json.loads((finetune / "final" / "summary.json").read_text())
-    assert tuned["init_from"] == f"{best['run_dir']}/final/model_ema.safetensors"
+    assert tuned["init_from"] == f"{best.run_dir}/final/model_ema.safetensors"
     assert tuned["resolution"] == 32 and tuned["eval_resolution"] == 40
     assert 0 <= tuned["heldout_top1"] <= tuned["heldout_top5"] <= 1 and tuned["workers"] == 2
     assert "initialised afresh: fc.weight, fc.bias" in log
@@ -107,7 +106,7 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
 
     client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'sweep' / 'mlflow.db'}")
     parent = (runs / "sweep" / "mlflow_run_id").read_text().strip()
-    for run_id in [r["mlflow_run_id"] for r in latest.values()] + [tuned["mlflow_run_id"]]:
+    for run_id in [r.mlflow_run_id for r in latest.values()] + [tuned["mlflow_run_id"]]:
         assert client.get_run(run_id).data.tags.get("mlflow.parentRunId") == parent
     assert {"scaling_report", "results.csv"} <= {a.path for a in client.list_artifacts(parent)}
 

@@ -21,7 +21,7 @@ from pipeline.testing.spawn import spawn
 from pipeline.train.worker import checkpoint, reshard
 from pipeline.train.worker.engine import build_engine, deepspeed_config
 from pipeline.train.worker.export import full_state_dict, write_weights
-from tests.builders import HYPER, engine_model
+from tests.builders import HYPER, OPTIMIZER, engine_model
 
 GLOBAL, MICRO, STEPS, SAVE_AT, CLASSES, RES = 8, 2, 5, 2, 5, 32
 
@@ -35,7 +35,7 @@ def _batches():
 def _engine(world: int, stage: int):
     accum = GLOBAL // (world * MICRO)
     return build_engine(engine_model().train(), deepspeed_config(MICRO, accum, world, stage, "fp32",
-                                                           use_gpu=False), **HYPER)  # fmt: skip
+                                                           use_gpu=False), HYPER["lr"], OPTIMIZER)  # fmt: skip
 
 
 def _train(engine, rank: int, world: int, steps: range) -> None:

@@ -13,15 +13,15 @@ from pipeline.models import create_model
 from pipeline.testing.spawn import spawn
 from pipeline.train.worker.ema import Ema
 from pipeline.train.worker.engine import build_engine, deepspeed_config
+from tests.builders import HYPER, OPTIMIZER
 
 STEPS, MICRO, CLASSES, RES, DECAY = 5, 2, 5, 32, 0.9
-HYPER = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, clipping=0.01, eps=1e-3)
 
 
 def _engine(world: int, stage: int):
     torch.manual_seed(0)
     model = create_model("nfnet_nano0", num_classes=CLASSES, drop_rate=0.0, stochdepth_rate=0.0)
-    return build_engine(model.train(), deepspeed_config(MICRO, 1, world, stage, "fp32", use_gpu=False), **HYPER)  # fmt: skip
+    return build_engine(model.train(), deepspeed_config(MICRO, 1, world, stage, "fp32", use_gpu=False), HYPER["lr"], OPTIMIZER)  # fmt: skip
 
 
 def _full_params(engine) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
 from pipeline.testing.spawn import spawn
 from pipeline.train.worker.engine import build_engine, deepspeed_config
 from pipeline.train.worker.export import full_state_dict
-from tests.builders import HYPER, engine_model
+from tests.builders import HYPER, OPTIMIZER, engine_model
 
 STEPS, MICRO, ACCUM, CLASSES, RES = 4, 2, 2, 5, 32
 NAN_STEP = 2  # rank 1's first micro-batch of this step is NaN
@@ -55,7 +55,7 @@ def _reference(world: int, skip: tuple[int, ...] = ()) -> dict[str, torch.Tensor
 def _worker(rank: int, world: int, stage: int, out: str, nan_step: int | None = None) -> None:
     model = engine_model().train()
     config = deepspeed_config(MICRO, ACCUM, world, stage, "fp32", use_gpu=False)
-    engine = build_engine(model, config, **HYPER)
+    engine = build_engine(model, config, HYPER["lr"], OPTIMIZER)
     images, labels = _batches(world)
     per_rank = ACCUM * MICRO
     clipped, skipped = [], []

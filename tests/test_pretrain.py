@@ -38,9 +38,9 @@ PY = sys.executable
 # 12 steps of 16 (4.8 epochs of 40 images), checkpoints every 2: long enough after the first
 # checkpoint for a kill to land mid-run.
 TINY = ["train.epochs=4.8", "train.global_batch=16", "train.micro_batch=4", "train.eval_every=6",
-        "train.checkpoint_every=2", "train.log_every=2", "train.sample_log=true",
+        "train.checkpoint.every=2", "train.log_every=2", "train.sample_log=true",
         "data.resolution=64", "data.eval_resolution=64", "data.val_samples=32",
-        "train.ema_decay=0.99"]  # fmt: skip
+        "train.ema.decay=0.99"]  # fmt: skip
 STEPS = 12
 
 
@@ -415,7 +415,7 @@ def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_in
     with _small_disk(tmp_path / "disk", 96) as disk:  # three 17 MB checkpoints fit
         run_dir = disk / "run"
         args = [*_args(tiny_data, run_dir), "train.max_nonfinite_steps=3",
-                f"run.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
         # 0-based steps 4 and 7-9 get a NaN loss on one rank: one lone skip, then three in a row
         out = _pretrain([*args, faults.override(nonfinite_steps="4,7-9")])
         ray_stop()
@@ -423,7 +423,7 @@ def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_in
         assert out.stderr.strip().splitlines()[-1] == (
             "error: stopped at step 10: 3 steps in a row had a non-finite loss or gradient"
             " (train.max_nonfinite_steps=3); the weights are those of step 7 and the latest"
-            " checkpoint (step 10) is intact; expected finite steps: lower train.base_lr in a"
+            " checkpoint (step 10) is intact; expected finite steps: lower train.schedule.base_lr in a"
             " new run.dir, or check the data"
         )
         assert "step 5: non-finite loss or gradient, update skipped (1 in a row, 1 in all)" in (
@@ -551,7 +551,7 @@ def _finetune_args(data: Path, run_dir: Path, source: Path) -> list[str]:
     return ["--config", "configs/finetune/nano.yaml", f"data.train={data / 'train'}",
             f"data.val={data / 'val'}", f"run.dir={run_dir}", f"init.from_run={source}",
             "train.epochs=0.8", "train.global_batch=16", "train.micro_batch=4",
-            "train.sam_ascent_fraction=0.5", "train.log_every=1", "data.resolution=64",
+            "train.sam.ascent_fraction=0.5", "train.log_every=1", "data.resolution=64",
             "data.eval_resolution=80", "data.val_samples=16"]  # fmt: skip
 
 
@@ -564,7 +564,7 @@ def _finetune_args(data: Path, run_dir: Path, source: Path) -> list[str]:
         ),
         ("data.eval_resolution=64", "expected a higher evaluation resolution"),
         ("model.name=nfnet_nano1", "holds nfnet_nano0 weights but model.name=nfnet_nano1"),
-        ("cluster.zero_stage=3", "sam_rho > 0 needs cluster.zero_stage 0, 1 or 2"),
+        ("cluster.zero_stage=3", "sam.rho > 0 needs cluster.zero_stage 0, 1 or 2"),
     ],
 )
 def test_finetune_bad_input_is_one_line_before_ray_starts(tiny_data, tmp_path, override, expected):
@@ -585,7 +585,7 @@ def test_a_run_dir_refuses_another_recipe_in_one_line(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     cfg = load_config(PretrainConfig, "configs/pretrain/nano.yaml", _args(tiny_data, run_dir))
     record_run_config(preflight(cfg))  # what the first launch records
-    out = _pretrain([*_args(tiny_data, run_dir), "train.base_lr=0.8", "train.log_every=5"])
+    out = _pretrain([*_args(tiny_data, run_dir), "train.schedule.base_lr=0.8", "train.log_every=5"])
     assert out.returncode == 2, out.stderr[-2000:]
-    assert "holds a run with another config (train.base_lr: 1.6 -> 0.8)" in out.stderr
+    assert "holds a run with another config (train.schedule.base_lr: 1.6 -> 0.8)" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Ray" not in out.stdout + out.stderr

@@ -10,9 +10,10 @@ from pipeline.optim.agc import adaptive_grad_clip_
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
 from pipeline.optim.sam import ascent_count, ascent_step, perturbed
 from pipeline.testing.spawn import spawn
-from pipeline.train.config import PretrainConfig, TrainSection
+from pipeline.train.config import PretrainConfig, SamSection, TrainSection
 from pipeline.train.worker.engine import build_engine, deepspeed_config
 from pipeline.train.worker.export import full_state_dict
+from tests.builders import HYPER, OPTIMIZER
 
 
 def test_one_sam_step_equals_the_hand_computation():
@@ -51,15 +52,15 @@ def test_ascent_uses_one_global_norm_and_a_share_of_the_batch():
 
 
 def test_sam_with_zero3_is_refused_in_one_line():
-    with pytest.raises(ValueError, match=r"sam_rho > 0 needs cluster\.zero_stage 0, 1 or 2"):
+    with pytest.raises(ValueError, match=r"sam\.rho > 0 needs cluster\.zero_stage 0, 1 or 2"):
         PretrainConfig.model_validate(
-            {"train": {"sam_rho": 0.05, "global_batch": 8}, "cluster": {"zero_stage": 3}}
+            {"train": {"sam": {"rho": 0.05}, "global_batch": 8}, "cluster": {"zero_stage": 3}}
         )
 
 
 STEPS, MICRO, ACCUM, CLASSES, RES, WORLD = 2, 4, 2, 5, 32, 2
-HYPER = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, clipping=0.01, eps=1e-3)
-TRAIN = TrainSection(sam_rho=0.5, sam_ascent_fraction=0.5, label_smoothing=0.1, global_batch=16)
+TRAIN = TrainSection(sam=SamSection(rho=0.5, ascent_fraction=0.5), label_smoothing=0.1,
+                     global_batch=16)  # fmt: skip
 
 
 def _model() -> torch.nn.Module:
@@ -87,7 +88,7 @@ def _reference(shared_ascent: bool) -> dict[str, torch.Tensor]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(weight_decay_groups(model, HYPER["weight_decay"]), lr=HYPER["lr"],
                           momentum=HYPER["momentum"], nesterov=True)  # fmt: skip
-    k = ascent_count(MICRO, TRAIN.sam_ascent_fraction)
+    k = ascent_count(MICRO, TRAIN.sam.ascent_fraction)
     for step in _micro_batches():
         opt.zero_grad()
         for m in range(ACCUM):
@@ -98,7 +99,7 @@ def _reference(shared_ascent: bool) -> dict[str, torch.Tensor]:
             for r in range(WORLD):
                 saved = [p.detach().clone() for p in params]
                 with torch.no_grad():
-                    torch._foreach_add_(params, ascent_step(list(ascents[r]), TRAIN.sam_rho))
+                    torch._foreach_add_(params, ascent_step(list(ascents[r]), TRAIN.sam.rho))
                 (_ce(model, *step[r][m]) / (WORLD * ACCUM)).backward()
                 with torch.no_grad():
                     torch._foreach_copy_(params, saved)
@@ -111,7 +112,7 @@ def _worker(rank: int, world: int, stage: int, out: str) -> None:
     from pipeline.train.worker.step import micro_step
 
     engine = build_engine(_model().train(),
-                          deepspeed_config(MICRO, ACCUM, world, stage, "fp32", use_gpu=False), **HYPER)  # fmt: skip
+                          deepspeed_config(MICRO, ACCUM, world, stage, "fp32", use_gpu=False), HYPER["lr"], OPTIMIZER)  # fmt: skip
     for step in _micro_batches():
         for m in range(ACCUM):
             micro_step(engine, *step[rank][m], TRAIN)

@@ -13,14 +13,14 @@ import pytest
 
 from pipeline.config import UserError
 from pipeline.sweep.plan import Grid, LrSearch, Point
-from pipeline.sweep.results import COLUMNS, ResultsTable
+from pipeline.sweep.results import COLUMNS, PointResult, ResultsTable
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
-def _row(point: Point, status: str, loss: float | None = None) -> dict:
-    return {"point": point.name, "status": status, "heldout_loss": loss}
+def _row(point: Point, status: str, loss: float | None = None) -> PointResult:
+    return PointResult(point=point.name, status=status, heldout_loss=loss)
 
 
 def test_grid_hands_out_every_point_once():
@@ -48,18 +48,24 @@ def test_lr_search_tries_two_multipliers_and_carries_the_best_forward():
 
 def test_results_table_appends_and_the_last_row_of_a_point_wins(tmp_path):
     table = ResultsTable(str(tmp_path / "results.csv"))
-    table.append({"point": "p1", "status": "failed", "error": "boom, with a comma"})
-    table.append({"point": "p2", "status": "finished", "heldout_loss": 1.25})
-    table.append({"point": "p1", "status": "finished", "heldout_loss": 1.5})
+    table.append(PointResult(point="p1", status="failed", error="boom, with a comma"))
+    table.append(PointResult(point="p2", status="finished", heldout_loss=1.25, images_seen=64))
+    table.append(PointResult(point="p1", status="finished", heldout_loss=1.5))
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 4  # header once, nothing rewritten
     latest = table.latest()
-    assert latest["p1"]["status"] == "finished" and latest["p1"]["heldout_loss"] == "1.5"
-    assert table.rows()[0]["error"] == "boom, with a comma"
+    assert latest["p1"].finished and latest["p1"].heldout_loss == 1.5  # typed, not text
+    assert latest["p2"].images_seen == 64 and latest["p1"].params is None  # an empty cell
+    assert table.rows()[0].error == "boom, with a comma"
     other = tmp_path / "other.csv"
     other.write_text("model,loss\nx,1\n")
     with pytest.raises(UserError, match="expected"):
         ResultsTable(str(other)).rows()
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",".join(COLUMNS) + "\n" + lines[2].replace(",1.25,", ",low,") + "\n")
+    with pytest.raises(UserError) as info:
+        ResultsTable(str(bad)).rows()
+    assert str(info.value).startswith(f"results table {bad}, line 2: value heldout_loss='low'")
 
 
 def _sweep_args(data: Path, sweep_dir: Path) -> list[str]:
@@ -67,8 +73,8 @@ def _sweep_args(data: Path, sweep_dir: Path) -> list[str]:
             "sweep.epochs=[0.8, 1.6]", f"pretrain.data.train={data / 'train'}",
             f"pretrain.data.val={data / 'val'}", "pretrain.data.resolution=32",
             "pretrain.data.eval_resolution=32", "pretrain.train.global_batch=16",
-            "pretrain.train.micro_batch=4", "pretrain.train.checkpoint_every=1",
-            "pretrain.train.log_every=1", "pretrain.train.warmup_epochs=0"]  # fmt: skip
+            "pretrain.train.micro_batch=4", "pretrain.train.checkpoint.every=1",
+            "pretrain.train.log_every=1", "pretrain.train.schedule.warmup_epochs=0"]  # fmt: skip
 
 
 def test_bad_sweep_input_is_one_line_before_ray_starts(tiny_data, tmp_path):

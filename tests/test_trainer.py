@@ -45,8 +45,8 @@ def _config(data: str, run_dir: str, *extra: dict) -> PretrainConfig:
         "data": {"train": f"{data}/train", "train_prefix": "train", "val": f"{data}/val",
                  "val_prefix": "val", "resolution": 32, "eval_resolution": 32,
                  "val_samples": 16},
-        "train": {"epochs": 2.0, "global_batch": 16, "micro_batch": 4, "ema_decay": 0.99,
-                  "eval_every": 2, "checkpoint_every": 100, "log_every": 1},
+        "train": {"epochs": 2.0, "global_batch": 16, "micro_batch": 4, "ema": {"decay": 0.99},
+                  "eval_every": 2, "checkpoint": {"every": 100}, "log_every": 1},
         "cluster": {"workers": 2},
     }  # fmt: skip
     for more in extra:

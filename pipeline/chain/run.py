@@ -26,7 +26,7 @@ from pipeline.dedup.job import DedupJobConfig, run_dedup
 from pipeline.scaling.job import ReportJobConfig, run_report
 from pipeline.sweep.config import SweepConfig, read_config_yaml
 from pipeline.sweep.plan import Point
-from pipeline.sweep.results import ResultsTable
+from pipeline.sweep.results import PointResult, ResultsTable
 from pipeline.sweep.run import Sweep, run_sweep
 from pipeline.train.config import FinetuneConfig
 from pipeline.train.driver.launch import init_ray, launch
@@ -50,14 +50,15 @@ class Chain:
         self.finetune = deep_merge(read_config_yaml(cfg.finetune_config), cfg.finetune)
         self.finetune = deep_merge(self.finetune, {"data": data})
         first = self.sweep.sweep.models[0]  # checked now with a stand-in for the best point
-        self.finetune_config({"run_dir": str(self.out), "model": first, "point": first}, "", "")
+        self.finetune_config(PointResult(status="finished", point=first, model=first,
+                                         run_dir=str(self.out)), "", "")  # fmt: skip
 
-    def finetune_config(self, best: dict, uri: str, parent: str) -> FinetuneConfig:
+    def finetune_config(self, best: PointResult, uri: str, parent: str) -> FinetuneConfig:
         """The fine-tune of the best point, in its own directory: another best point (a changed
         sweep) is another fine-tune, never a resume of this one's checkpoints."""
-        own = {"init": {"from_run": best["run_dir"]}, "model": {"name": best["model"]},
-               "run": {"dir": str(self.out / "finetune" / best["point"]), "mlflow_uri": uri or None,
-                       "mlflow_parent": parent or None}}  # fmt: skip
+        own = {"init": {"from_run": best.run_dir}, "model": {"name": best.model},
+               "run": {"dir": str(self.out / "finetune" / best.point)},
+               "tracking": {"uri": uri or None, "parent": parent or None}}  # fmt: skip
         return build_config(FinetuneConfig, deep_merge(self.finetune, own))
 
 
@@ -103,12 +104,11 @@ def run_chain(cfg: ChainConfig) -> dict:
             f" error column of {outcome.results}, fix, and run the demo again to retry them"
         )
     latest = ResultsTable(outcome.results).latest().values()
-    done = [r for r in latest if r["status"] == "finished"]
-    best = min(done, key=lambda r: float(r["heldout_loss"]))
-    log.info(f"sweep: {time.perf_counter() - t:.0f}s; best point {best['point']}"
-             f" (held-out loss {float(best['heldout_loss']):.4f})")  # fmt: skip
+    best = min((r for r in latest if r.finished), key=lambda r: r.heldout_loss)
+    log.info(f"sweep: {time.perf_counter() - t:.0f}s; best point {best.point}"
+             f" (held-out loss {best.heldout_loss:.4f})")  # fmt: skip
 
-    _stage(4, f"SAM fine-tune of {best['point']} at a higher resolution")
+    _stage(4, f"SAM fine-tune of {best.point} at a higher resolution")
     ft = chain.finetune_config(best, outcome.tracking_uri, outcome.parent_run_id)
     tuned = launch(ft)  # a finished fine-tune of the same config returns at once
 
@@ -119,7 +119,7 @@ def run_chain(cfg: ChainConfig) -> dict:
                                      mlflow_uri=outcome.tracking_uri))  # fmt: skip
     summary = {
         "report": str(report / "report.html"), "results": outcome.results,
-        "duplicates": str(audit), "best_point": best["point"],
+        "duplicates": str(audit), "best_point": best.point,
         "finetune": tuned.model_dump(include={"heldout_top1", "heldout_top5", "heldout_loss",
                                               "resolution", "eval_resolution", "run_dir"}),
         "parametric": doc["parametric"], "mlflow_uri": outcome.tracking_uri,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -20,3 +21,15 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
 def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> float:
     """The linear scaling rule: 0.1 * B / 256 gives 1.6 at B = 4096."""
     return base_lr * global_batch / reference_batch
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """The LR at each step: `peak` x warmup_cosine(step, steps, warmup)."""
+
+    peak: float
+    steps: int
+    warmup: int
+
+    def __call__(self, step: int) -> float:
+        return self.peak * warmup_cosine(step, self.steps, self.warmup)

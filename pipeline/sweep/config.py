@@ -5,7 +5,7 @@
     pretrain:  keys merged onto `base` for every point (nested, like the base file)
 
 A point's own keys come last: run.dir=<sweep.dir>/runs/<point>, model.name, train.epochs,
-train.base_lr = base_lr x multiplier, and the sweep's MLflow store and parent run.
+train.schedule.base_lr = base_lr x multiplier, and the sweep's MLflow store and parent run.
 """
 
 from __future__ import annotations
@@ -97,11 +97,13 @@ def point_config(
     parent_run: str | None,
 ) -> PretrainConfig:
     """The pretraining config of one point; a bad key or value names the point."""
-    base_lr = base.get("train", {}).get("base_lr", PretrainConfig().train.base_lr)
+    schedule = base.get("train", {}).get("schedule", {})
+    base_lr = schedule.get("base_lr", PretrainConfig().train.schedule.base_lr)
     own = {
-        "run": {"dir": run_dir, "mlflow_uri": mlflow_uri, "mlflow_parent": parent_run},
+        "run": {"dir": run_dir},
+        "tracking": {"uri": mlflow_uri, "parent": parent_run},
         "model": {"name": model},
-        "train": {"epochs": epochs, "base_lr": base_lr * lr_multiplier},
+        "train": {"epochs": epochs, "schedule": {"base_lr": base_lr * lr_multiplier}},
     }
     try:
         return build_config(PretrainConfig, deep_merge(base, own))

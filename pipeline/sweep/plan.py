@@ -10,6 +10,10 @@ model after model; a cell is ready once every trial of the cell before it has an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.sweep.results import PointResult
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class Grid:
         self.points = [Point(m, e, x) for m in models for e in sorted(epochs) for x in multipliers]
         self._given = False
 
-    def ready(self, outcomes: dict[str, dict]) -> list[Point]:
+    def ready(self, outcomes: dict[str, PointResult]) -> list[Point]:
         """Points not handed out before; `outcomes` maps point name -> its latest row."""
         if self._given:
             return []
@@ -50,15 +54,14 @@ class LrSearch:
         # A model's first budget follows the previous model's first budget.
         return before if before[0] == model else next(c for c in self.cells if c[0] == before[0])
 
-    def best(self, cell: tuple[str, float], outcomes: dict[str, dict]) -> float | None:
+    def best(self, cell: tuple[str, float], outcomes: dict[str, PointResult]) -> float | None:
         """The multiplier with the lowest held-out loss among the cell's finished trials."""
-        done = [(float(outcomes[p.name]["heldout_loss"]), p.lr_multiplier)
-                for p in self.trials.get(cell, [])
-                if outcomes.get(p.name, {}).get("status") == "finished"
-                and outcomes[p.name].get("heldout_loss")]  # fmt: skip
+        found = [(outcomes[p.name], p.lr_multiplier) for p in self.trials.get(cell, [])
+                 if p.name in outcomes]  # fmt: skip
+        done = [(o.heldout_loss, x) for o, x in found if o.finished and o.heldout_loss is not None]
         return min(done)[1] if done else None
 
-    def ready(self, outcomes: dict[str, dict]) -> list[Point]:
+    def ready(self, outcomes: dict[str, PointResult]) -> list[Point]:
         new: list[Point] = []
         for i, cell in enumerate(self.cells):
             if cell in self.trials:

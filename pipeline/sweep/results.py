@@ -11,15 +11,44 @@ from __future__ import annotations
 import csv
 import io
 import os
+from typing import Literal
 
 import fsspec
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.config import UserError
+from pipeline.config import UserError, format_validation_error
 from pipeline.storage import atomic_write, is_local
 
-COLUMNS = ["model", "params", "epochs", "lr", "images_seen", "flops", "device_hours",
-           "heldout_loss", "status", "run_dir", "mlflow_run_id",
-           "point", "lr_multiplier", "wall_s", "train_s", "recorded_at", "error"]  # fmt: skip
+
+class PointResult(BaseModel):
+    """One row: a point's outcome (fields in the table's column order; an empty cell is None)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = ""
+    params: int | None = None
+    epochs: float | None = None
+    lr: float | None = None
+    images_seen: int | None = None
+    flops: float | None = None
+    device_hours: float | None = None
+    heldout_loss: float | None = None
+    status: Literal["finished", "failed"]
+    run_dir: str = ""
+    mlflow_run_id: str | None = None
+    point: str
+    lr_multiplier: float | None = None
+    wall_s: float | None = None
+    train_s: float | None = None
+    recorded_at: str = ""
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+COLUMNS = list(PointResult.model_fields)
 
 
 class ResultsTable:
@@ -27,7 +56,7 @@ class ResultsTable:
         self.path = path
         self.fs, self.root = fsspec.core.url_to_fs(path)
 
-    def rows(self) -> list[dict[str, str]]:
+    def rows(self) -> list[PointResult]:
         if not self.fs.exists(self.root):
             return []
         text = self.fs.cat_file(self.root).decode()
@@ -37,16 +66,23 @@ class ResultsTable:
                 f"results table {self.path} has columns {reader.fieldnames}; expected {COLUMNS}"
                 " (a table from another tool or version: give the sweep a new sweep.dir)"
             )
-        return list(reader)
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append(PointResult.model_validate({k: v for k, v in row.items() if v != ""}))
+            except ValidationError as e:
+                why = format_validation_error(PointResult, e).removeprefix("bad config ")
+                raise UserError(f"results table {self.path}, line {line}: {why}") from None
+        return rows
 
-    def latest(self) -> dict[str, dict[str, str]]:
+    def latest(self) -> dict[str, PointResult]:
         """Each point's last row."""
-        return {row["point"]: row for row in self.rows()}
+        return {row.point: row for row in self.rows()}
 
-    def append(self, row: dict) -> None:
+    def append(self, row: PointResult) -> None:
         line = io.StringIO()
         writer = csv.DictWriter(line, COLUMNS, extrasaction="raise")
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+        writer.writerow({k: "" if v is None else v for k, v in row.model_dump().items()})
         if is_local(self.fs):
             os.makedirs(os.path.dirname(self.root) or ".", exist_ok=True)
             with open(self.root, "a", newline="") as f:

@@ -20,7 +20,7 @@ from pipeline.config import UserError
 from pipeline.process import in_worker
 from pipeline.sweep.config import SweepConfig, point_config
 from pipeline.sweep.plan import Grid, LrSearch, Point
-from pipeline.sweep.results import ResultsTable
+from pipeline.sweep.results import PointResult, ResultsTable
 from pipeline.train.config import PretrainConfig
 from pipeline.train.driver.launch import absolute, init_ray, preflight
 from pipeline.train.summary import RunSummary
@@ -43,7 +43,7 @@ def tracking_uri(cfg: SweepConfig, sweep_dir: str) -> str:
     if cfg.sweep.mlflow_uri:
         return cfg.sweep.mlflow_uri
     try:
-        return default_tracking_uri(sweep_dir, "sweep", beside=False)
+        return default_tracking_uri(sweep_dir, "sweep", beside=False, uri_key="sweep.mlflow_uri")
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -77,18 +77,18 @@ class Sweep:
 
     def record(
         self, p: Point, status: str, summary: RunSummary | None, wall: float, error: str = ""
-    ) -> dict:
+    ) -> PointResult:
         s = summary.model_dump() if summary else {}
-        row = {
-            "model": p.model, "params": s.get("params"), "epochs": p.epochs,
-            "lr": self.config(p).train.base_lr, "images_seen": s.get("images_seen"),
-            "flops": s.get("train_flops"), "device_hours": s.get("device_hours"),
-            "heldout_loss": s.get("heldout_loss"), "status": status,
-            "run_dir": f"{self.dir}/runs/{p.name}", "mlflow_run_id": s.get("mlflow_run_id"),
-            "point": p.name, "lr_multiplier": p.lr_multiplier, "wall_s": round(wall, 2),
-            "train_s": s.get("train_seconds"), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "error": error[:300],
-        }  # fmt: skip
+        row = PointResult(
+            model=p.model, params=s.get("params"), epochs=p.epochs,
+            lr=self.config(p).train.schedule.base_lr, images_seen=s.get("images_seen"),
+            flops=s.get("train_flops"), device_hours=s.get("device_hours"),
+            heldout_loss=s.get("heldout_loss"), status=status,
+            run_dir=f"{self.dir}/runs/{p.name}", mlflow_run_id=s.get("mlflow_run_id"),
+            point=p.name, lr_multiplier=p.lr_multiplier, wall_s=round(wall, 2),
+            train_s=s.get("train_seconds"), recorded_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            error=error[:300],
+        )  # fmt: skip
         self.table.append(row)
         return row
 
@@ -127,7 +127,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     log.info(f"sweep: {sweep.dir}, parent MLflow run {sweep.parent}")
     while True:
         for p in sweep.plan.ready(outcomes):
-            if outcomes.get(p.name, {}).get("status") == "finished":
+            if p.name in outcomes and outcomes[p.name].finished:
                 done["skipped"].append(p.name)
                 log.info(f"sweep: {p.name} finished before, skipped")
             else:

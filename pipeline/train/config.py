@@ -8,7 +8,9 @@ not divide. Steps come from the epoch budget (fractional budgets are valid).
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 import re
 from typing import Any, Literal
 
@@ -16,14 +18,80 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.config import ConfigError, Section
 from pipeline.models import list_models
+from pipeline.optim.schedules import WarmupCosine, scaled_lr
+
+# Keys of the flat layout before 2026-12 -> their place in the per-component sections.
+RENAMED = {
+    "run.experiment": "tracking.experiment",
+    "run.mlflow_uri": "tracking.uri",
+    "run.mlflow_parent": "tracking.parent",
+    "train.base_lr": "train.schedule.base_lr",
+    "train.reference_batch": "train.schedule.reference_batch",
+    "train.warmup_epochs": "train.schedule.warmup_epochs",
+    "train.momentum": "train.optimizer.momentum",
+    "train.nesterov": "train.optimizer.nesterov",
+    "train.weight_decay": "train.optimizer.weight_decay",
+    "train.agc_clipping": "train.optimizer.agc.clipping",
+    "train.agc_eps": "train.optimizer.agc.eps",
+    "train.ema_decay": "train.ema.decay",
+    "train.checkpoint_every": "train.checkpoint.every",
+    "train.sam_rho": "train.sam.rho",
+    "train.sam_ascent_fraction": "train.sam.ascent_fraction",
+}
+
+
+def _has(tree: dict, dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return False
+    return leaf in tree
+
+
+def migrate(tree: dict) -> dict:
+    """A config tree of the old flat layout (a run directory's run_config.yaml or
+    final/config.yaml) in today's: the same values under their new keys."""
+    tree = copy.deepcopy(tree)
+    for old, new in RENAMED.items():
+        if not _has(tree, old):
+            continue
+        *parents, leaf = old.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        value = node.pop(leaf)
+        *parents, leaf = new.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
 
 
 class RunSection(Section):
     dir: str = Field("runs/pretrain/nano", description="run directory: checkpoints, final/")
     seed: int = 0
+
+
+class TrackingSection(Section):
+    """Where the run is logged: one MLflow run, kept across restarts (pipeline.train.tracking)."""
+
+    uri: str | None = (
+        None  # default: MLFLOW_TRACKING_URI, else sqlite:///<run.dir parent>/mlflow.db
+    )
     experiment: str = "pretrain"
-    mlflow_uri: str | None = None  # default: sqlite:///<run.dir parent>/mlflow.db
-    mlflow_parent: str | None = None  # a parent run id (sweeps): this run is nested under it
+    parent: str | None = None  # a parent run id (sweeps): this run is nested under it
+
+    def build(self, run_dir: str, rank: int, run_id: str | None = None):
+        """rank 0's MlflowTracker; a no-op Tracker on every other rank."""
+        from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
+
+        if rank != 0:
+            return Tracker()
+        uri = self.uri or default_tracking_uri(run_dir)
+        name = os.path.basename(run_dir.rstrip("/"))
+        return MlflowTracker(uri, self.experiment, name, run_dir, run_id, self.parent)
 
 
 class ModelSection(Section):
@@ -80,23 +148,92 @@ class CallbackSpec(Section):
         return target
 
 
+class ScheduleSection(Section):
+    """The LR (SPEC §4): peak = base_lr x global_batch / reference_batch, linear warmup from 0,
+    then cosine decay to 0."""
+
+    base_lr: float = Field(0.1, gt=0)  # per reference_batch images
+    reference_batch: int = Field(256, ge=1)
+    warmup_epochs: float = Field(0.0, ge=0)
+
+    def build(self, global_batch: int, num_samples: int, steps: int) -> WarmupCosine:
+        warmup = min(steps, round(self.warmup_epochs * num_samples / global_batch))
+        return WarmupCosine(scaled_lr(self.base_lr, global_batch, self.reference_batch), steps,
+                            warmup)  # fmt: skip
+
+
+class AgcSection(Section):
+    """Adaptive Gradient Clipping (SPEC §3): unit-wise, on the averaged gradient."""
+
+    clipping: float = Field(0.01, gt=0)  # the largest gradient / weight norm ratio per unit
+    eps: float = Field(1e-3, gt=0)  # lower bound on the weight norm
+
+
+class OptimizerSection(Section):
+    """SGD with (Nesterov) momentum, weight decay except on gains, biases and SkipInit scalars,
+    and AGC: built into a DeepSpeed engine by `build`."""
+
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(2e-5, ge=0)
+    agc: AgcSection = Field(default_factory=AgcSection)
+
+    def build(self, model, ds_config: dict, lr: float):
+        from pipeline.train.worker.engine import build_engine  # DeepSpeed: workers only
+
+        return build_engine(model, ds_config, lr, self)
+
+
+class EmaSection(Section):
+    """An exponential moving average of the weights, kept where (and partitioned as) they are."""
+
+    decay: float | None = Field(0.9999, gt=0, lt=1)  # None: no EMA
+
+    def build(self, engine):
+        """The Ema of `engine`'s weights, or None."""
+        from pipeline.train.worker.ema import Ema
+
+        return Ema(engine, self.decay) if self.decay else None
+
+
+class SamSection(Section):
+    """Sharpness-Aware Minimisation (SPEC §5), a variant of the step (`worker/step.py`)."""
+
+    rho: float = Field(0.0, ge=0)  # the radius; 0: plain SGD steps
+    # Share of each micro-batch for the ascent; with SAM the logged `loss` is the loss at w on
+    # that share (the descent's loss is at w + e), so below 1 it is the noisier of the two.
+    ascent_fraction: float = Field(1.0, gt=0, le=1)
+
+    @property
+    def flops_factor(self) -> float:
+        """Training FLOPs relative to a plain step: the ascent is one more forward+backward."""
+        return 1.0 + self.ascent_fraction if self.rho else 1.0
+
+
+class CheckpointSection(Section):
+    """Cadence and retention of training checkpoints (`worker/checkpoint.py`)."""
+
+    every: int = Field(100, ge=1)  # steps; and one at the end, and one on a preemption notice
+    keep: int = Field(2, ge=1)  # the newest complete ones; Ray deletes the rest
+
+    def build(self, engine, states: dict, steps: int, rank: int, report, scratch, on_written):
+        from pipeline.train.worker.checkpoint import Checkpointer
+
+        return Checkpointer(engine, states, self.every, steps, rank, report, scratch, on_written)
+
+
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0)
     global_batch: int = Field(4096, ge=1)
     micro_batch: int | None = Field(None, ge=1)
     grad_accum: int | None = Field(None, ge=1)
-    base_lr: float = Field(0.1, gt=0)  # per reference_batch images (SPEC §4)
-    reference_batch: int = Field(256, ge=1)
-    warmup_epochs: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(2e-5, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    agc_clipping: float = Field(0.01, gt=0)
-    agc_eps: float = Field(1e-3, gt=0)
-    ema_decay: float | None = Field(0.9999, gt=0, lt=1)  # None: no EMA
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    ema: EmaSection = Field(default_factory=EmaSection)
+    sam: SamSection = Field(default_factory=SamSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     eval_every: int = Field(0, ge=0)  # steps; 0: only at the end
-    checkpoint_every: int = Field(100, ge=1)  # steps
     log_every: int = Field(1, ge=1)
     # Steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
     max_nonfinite_steps: int = Field(10, ge=1)
@@ -107,10 +244,6 @@ class TrainSection(Section):
     activation_checkpointing: bool = False
     sample_log: bool = False  # <run.dir>/samples/rank*.jsonl: sample ids of every step (audit)
     peak_tflops: float | None = Field(None, gt=0)  # per worker, for MFU; None: known GPUs only
-    sam_rho: float = Field(0.0, ge=0)  # SAM radius (SPEC §5); 0: plain SGD steps
-    # Share of each micro-batch for the ascent; with SAM the logged `loss` is the loss at w on
-    # that share (the descent's loss is at w + e), so below 1 it is the noisier of the two.
-    sam_ascent_fraction: float = Field(1.0, gt=0, le=1)
     callbacks: list[CallbackSpec] = Field(default_factory=list)  # after the built-in ones
 
 
@@ -146,11 +279,23 @@ class ClusterSection(Section):
 
 class PretrainConfig(Section):
     run: RunSection = Field(default_factory=RunSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     init: InitSection = Field(default_factory=InitSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """A key of the flat layout before 2026-12 is refused with its new name (the run
+        directories it wrote are migrated when read: `migrate`)."""
+        if isinstance(data, dict):
+            old = next((k for k in RENAMED if _has(data, k)), None)
+            if old is not None:
+                raise ValueError(f"{old} is now {RENAMED[old]}; expected the new key")
+        return data
 
     @model_validator(mode="after")
     def _batch_divides(self) -> PretrainConfig:
@@ -173,9 +318,9 @@ class PretrainConfig(Section):
                 )
         if self.train.precision == "bf16" and not self.cluster.use_gpu:
             raise ValueError("train.precision=bf16 needs cluster.use_gpu=true; use fp32 on CPU")
-        if self.train.sam_rho and self.cluster.zero_stage == 3:
+        if self.train.sam.rho and self.cluster.zero_stage == 3:
             # ZeRO-3 holds each rank's slice of the weights only; the local ascent needs them all.
-            raise ValueError("train.sam_rho > 0 needs cluster.zero_stage 0, 1 or 2, not 3")
+            raise ValueError("train.sam.rho > 0 needs cluster.zero_stage 0, 1 or 2, not 3")
         return self
 
 
@@ -249,10 +394,6 @@ def total_steps(train: TrainSection, num_samples: int) -> int:
     return max(1, math.ceil(train.epochs * num_samples / train.global_batch))
 
 
-def warmup_steps(train: TrainSection, num_samples: int, steps: int) -> int:
-    return min(steps, round(train.warmup_epochs * num_samples / train.global_batch))
-
-
 def resolved_precision(train: TrainSection, use_gpu: bool) -> str:
     if train.precision == "auto":
         return "bf16" if use_gpu else "fp32"
@@ -264,9 +405,9 @@ __all__ = [
     "ConfigError",
     "FinetuneConfig",
     "PretrainConfig",
+    "migrate",
     "resolved_partitions",
     "resolved_precision",
     "solve_batch",
     "total_steps",
-    "warmup_steps",
 ]

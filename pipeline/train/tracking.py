@@ -33,7 +33,8 @@ class Tracker:
     def close(self, status: str = "FINISHED") -> None: ...
 
 
-def default_tracking_uri(run_dir: str, key: str = "run", beside: bool = True) -> str:
+def default_tracking_uri(run_dir: str, key: str = "run", beside: bool = True,
+                         uri_key: str = "tracking.uri") -> str:  # fmt: skip
     """The one fallback when no tracking URI is configured: MLFLOW_TRACKING_URI, else a sqlite
     file in the folder that holds `run_dir` (beside=True: a run's, so a sweep's points and its
     own run share one store) or in `run_dir` itself (a sweep's folder)."""
@@ -42,7 +43,7 @@ def default_tracking_uri(run_dir: str, key: str = "run", beside: bool = True) ->
     fs, root = fsspec.core.url_to_fs(run_dir)
     if not is_local(fs):
         raise ValueError(
-            f"{key}.dir={run_dir!r} is remote: set {key}.mlflow_uri or MLFLOW_TRACKING_URI to a"
+            f"{key}.dir={run_dir!r} is remote: set {uri_key} or MLFLOW_TRACKING_URI to a"
             " tracking server (a sqlite file cannot live in object storage)"
         )
     folder = Path(root).resolve().parent if beside else Path(root).resolve()

@@ -16,8 +16,8 @@ from pipeline.config import UserError, dump_config
 from pipeline.storage import atomic_write
 
 RUN_CONFIG = "run_config.yaml"
-OPERATIONAL = ("run.mlflow_uri", "run.mlflow_parent", "run.experiment", "train.log_every",
-               "train.eval_every", "train.checkpoint_every", "train.sample_log",
+OPERATIONAL = ("tracking.", "train.log_every",
+               "train.eval_every", "train.checkpoint.", "train.sample_log",
                "train.max_nonfinite_steps", "train.activation_checkpointing", "train.callbacks",
                "data.loader_workers", "data.storage_options", "data.expected_samples",
                "data.cache_dir", "data.cache_bytes", "data.prefetch_shards",
@@ -34,9 +34,21 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def as_today(saved: dict) -> dict:
+    """A recorded config in today's layout: renamed keys moved (`migrate`), and keys added since
+    it was written at their defaults (what the code that wrote it did)."""
+    from pipeline.train.config import PretrainConfig, migrate
+
+    tree = migrate(saved)
+    try:
+        return PretrainConfig.model_validate(tree).model_dump(mode="json")
+    except ValueError:  # a key removed since: compared as written, so it shows as a change
+        return tree
+
+
 def recipe_changes(before: dict, now: dict) -> list[str]:
-    """'key: old -> new' for every non-operational key that differs."""
-    a, b = _flat(before), _flat(now)
+    """'key: old -> new' for every non-operational key that differs (`before` as recorded)."""
+    a, b = _flat(as_today(before)), _flat(now)
     keys = sorted(k for k in a.keys() | b.keys() if not k.startswith(OPERATIONAL))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 

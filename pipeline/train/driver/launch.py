@@ -76,7 +76,7 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
         init = cfg.init.model_copy(update={"from_run": absolute(cfg.init.from_run)})
         check_source(init, cfg.model.name, classes)
         cfg = cfg.model_copy(update={"init": init})
-    if not cfg.run.mlflow_uri:
+    if not cfg.tracking.uri:
         try:  # a remote run.dir needs a tracking server: say so now, not from every worker
             default_tracking_uri(cfg.run.dir)
         except ValueError as e:
@@ -202,7 +202,7 @@ def launch(cfg: PretrainConfig) -> RunSummary:
             name="checkpoints", storage_path=cfg.run.dir,
             failure_config=FailureConfig(max_failures=cl.max_failures,
                                          max_preemption_failures=cl.max_preemptions),
-            checkpoint_config=CheckpointConfig(num_to_keep=2), worker_runtime_env={"env_vars": env},
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoint.keep), worker_runtime_env={"env_vars": env},
         ),
     )  # fmt: skip
     stopped.clear(cfg.run.dir)

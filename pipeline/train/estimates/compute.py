@@ -21,11 +21,6 @@ def train_flops_per_image(model_name: str, num_classes: int, resolution: int) ->
     return 6.0 * count_macs(model, resolution)
 
 
-def sam_factor(sam_rho: float, ascent_fraction: float) -> float:
-    """Training FLOPs relative to a plain step: SAM adds a forward+backward on the ascent share."""
-    return 1.0 + ascent_fraction if sam_rho else 1.0
-
-
 def peak_tflops(configured: float | None, use_gpu: bool) -> float | None:
     """Per-worker peak: the configured value, else the table's entry for this GPU, else None."""
     if configured is not None:

@@ -25,7 +25,7 @@ from pipeline.train.config import (
     solve_batch,
     total_steps,
 )
-from pipeline.train.estimates.compute import PEAK_BF16_TFLOPS, sam_factor
+from pipeline.train.estimates.compute import PEAK_BF16_TFLOPS
 from pipeline.train.estimates.memory import GIB, activation_bytes_per_image, estimate, parse_bytes
 from pipeline.train.worker.engine import deepspeed_config
 
@@ -117,14 +117,14 @@ def dry_run(cfg: PretrainConfig, mfu: float = ASSUMED_MFU, gpu_memory: float | N
         model = create_model(cfg.model.name, num_classes=classes)
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, cfg.data.resolution)
-    flops_step = 6.0 * macs * tc.global_batch * sam_factor(tc.sam_rho, tc.sam_ascent_fraction)
+    flops_step = 6.0 * macs * tc.global_batch * tc.sam.flops_factor
     peak = tc.peak_tflops or PEAK_BF16_TFLOPS["H100"]
     step_s = flops_step / (cl.workers * peak * 1e12 * mfu)
     lines = [
         f"dry run: {cfg.model.name}, {params / 1e6:.1f}M params, {classes} classes,"
         f" {cfg.data.resolution} px, {precision}; nothing was started",
         f"batch: global {tc.global_batch} = {cl.workers} workers x {accum} accumulation x"
-        f" {micro} micro-batch; peak LR {scaled_lr(tc.base_lr, tc.global_batch, tc.reference_batch):.4g}",
+        f" {micro} micro-batch; peak LR {scaled_lr(tc.schedule.base_lr, tc.global_batch, tc.schedule.reference_batch):.4g}",
         f"compute: {6 * macs / 1e9:.3g} GFLOPs/image (6 x MACs), {flops_step / 1e12:.4g} TFLOPs/step",
         *memory_lines(cfg, model, micro, accum, precision, gpu_memory),
     ]  # fmt: skip

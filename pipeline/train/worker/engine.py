@@ -17,6 +17,7 @@ import torch
 
 from pipeline.optim.agc_sharded import ClipStats, ShardedAGC
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
+from pipeline.train.config import OptimizerSection
 from pipeline.train.worker.fragments import engine_fragments
 
 STAGE3_BUCKET = 50_000_000  # elements: 200 MB in fp32
@@ -129,32 +130,29 @@ class Engine:
 
 
 def build_engine(
-    model: torch.nn.Module,
-    ds_config: dict,
-    lr: float,
-    momentum: float,
-    nesterov: bool,
-    weight_decay: float,
-    clipping: float,
-    eps: float,
+    model: torch.nn.Module, ds_config: dict, lr: float, opt: OptimizerSection | None = None
 ) -> Engine:
+    """The DeepSpeed engine of `model` with `opt`'s SGD and AGC (default: the recipe's)."""
     import deepspeed  # imported here: the config and dry-run paths never need it
+
+    opt = opt or OptimizerSection()
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     deepspeed.init_distributed(dist_backend=_backend(), auto_mpi_discovery=False)
     clip_params = agc_parameters(model)
     shapes = [p.shape for p in clip_params]  # now: ZeRO-3 replaces them with empty partitions
     optimizer = SkippableSGD(
-        weight_decay_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov
-    )
+        weight_decay_groups(model, opt.weight_decay), lr=lr, momentum=opt.momentum,
+        nesterov=opt.nesterov,
+    )  # fmt: skip
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     rank = torch.distributed.get_rank()
     stage = engine.zero_optimization_stage()
     agc = ShardedAGC(
         shapes,
         lambda: engine_fragments(engine, clip_params, rank),
-        clipping,
-        eps,
+        opt.agc.clipping,
+        opt.agc.eps,
         reduce=stage in (1, 2, 3),  # stage 0: every rank already holds the whole average
     )
     return Engine(engine, agc, optimizer)

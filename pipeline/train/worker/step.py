@@ -26,14 +26,14 @@ def micro_step(engine, images: torch.Tensor, labels: torch.Tensor, tc) -> tuple:
     def loss_of(model, x, y):
         return F.cross_entropy(model(x).float(), y, label_smoothing=tc.label_smoothing)
 
-    if not tc.sam_rho:
+    if not tc.sam.rho:
         loss = loss_of(engine.engine, images, labels)
         return loss.detach(), engine.micro_step(loss)
-    k = ascent_count(len(labels), tc.sam_ascent_fraction)
+    k = ascent_count(len(labels), tc.sam.ascent_fraction)
     weights = [p for p in engine.module.parameters() if p.requires_grad]
     # The ascent runs on the bare module: no engine hooks, no communication.
     with perturbed(
-        weights, lambda: loss_of(engine.module, images[:k], labels[:k]), tc.sam_rho
+        weights, lambda: loss_of(engine.module, images[:k], labels[:k]), tc.sam.rho
     ) as loss:
         engine.backward(loss_of(engine.engine, images, labels))
     return loss, engine.step()

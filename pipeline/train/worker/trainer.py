@@ -17,7 +17,6 @@ alone writes files outside checkpoints and talks to MLflow.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 
@@ -29,7 +28,6 @@ from pipeline.data.order import Cursor
 from pipeline.data.transforms import normalize
 from pipeline.log import EVERY_RANK
 from pipeline.models import create_model
-from pipeline.optim.schedules import scaled_lr, warmup_cosine
 from pipeline.process import setup_process
 from pipeline.train.config import (
     PretrainConfig,
@@ -37,20 +35,17 @@ from pipeline.train.config import (
     resolved_precision,
     solve_batch,
     total_steps,
-    warmup_steps,
 )
 from pipeline.train.driver import stopped
 from pipeline.train.estimates import memory
-from pipeline.train.estimates.compute import peak_tflops, sam_factor, train_flops_per_image
+from pipeline.train.estimates.compute import peak_tflops, train_flops_per_image
 from pipeline.train.summary import RunSummary
-from pipeline.train.tracking import MlflowTracker, Tracker, default_tracking_uri
 from pipeline.train.worker import callbacks as cb
 from pipeline.train.worker import context, preemption, topology
-from pipeline.train.worker.checkpoint import Checkpointer, RngState, TrainState
+from pipeline.train.worker.checkpoint import RngState, TrainState
 from pipeline.train.worker.context import WorkerContext
 from pipeline.train.worker.data import HeldOut, TrainData
-from pipeline.train.worker.ema import Ema
-from pipeline.train.worker.engine import build_engine, deepspeed_config, set_determinism
+from pipeline.train.worker.engine import deepspeed_config, set_determinism
 from pipeline.train.worker.finish import finish_run
 from pipeline.train.worker.step import micro_step, seed_draws
 from pipeline.train.worker.warmstart import load_weights, source_path
@@ -99,8 +94,7 @@ class Trainer:
         self.classes = cfg.model.num_classes or len(self.data.store.classes)
         self.micro, self.accum = solve_batch(tc, self.world)
         self.steps = total_steps(tc, self.num_samples)
-        self.warm = warmup_steps(tc, self.num_samples, self.steps)
-        self.peak_lr = scaled_lr(tc.base_lr, tc.global_batch, tc.reference_batch)
+        self.schedule = tc.schedule.build(tc.global_batch, self.num_samples, self.steps)
         self.precision = resolved_precision(tc, cfg.cluster.use_gpu)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         try:  # refuse in one line what would be OOM-killed mid-step; Ray must not retry it
@@ -120,20 +114,20 @@ class Trainer:
             self.say(f"weights from {source}; initialised afresh: {', '.join(fresh) or 'none'}")
         self.ds_config = deepspeed_config(self.micro, self.accum, self.world, cfg.cluster.zero_stage,
                                           self.precision, cfg.cluster.use_gpu, self.params)  # fmt: skip
-        self.flops_per_image = train_flops_per_image(
-            cfg.model.name, self.classes, cfg.data.resolution
-        ) * sam_factor(tc.sam_rho, tc.sam_ascent_fraction)
+        self.flops_per_image = (
+            train_flops_per_image(cfg.model.name, self.classes, cfg.data.resolution)
+            * tc.sam.flops_factor
+        )
         self.peak_tflops = peak_tflops(tc.peak_tflops, cfg.cluster.use_gpu)
-        self.engine = build_engine(model, self.ds_config, self.peak_lr, tc.momentum, tc.nesterov,
-                                   tc.weight_decay, tc.agc_clipping, tc.agc_eps)  # fmt: skip
-        self.ema = Ema(self.engine.engine, tc.ema_decay) if tc.ema_decay else None
+        self.engine = tc.optimizer.build(model, self.ds_config, self.schedule.peak)
+        self.ema = tc.ema.build(self.engine.engine)
         self.state = TrainState(0, Cursor(cfg.run.seed, 0, self.num_samples))
         states = {"train_state": self.state, "rng": RngState()}
         if self.ema is not None:
             states["ema"] = self.ema
-        self.checkpointer = Checkpointer(
-            self.engine.engine, states, tc.checkpoint_every, self.steps, rank, self.ctx.report,
-            context.scratch_dir, lambda step: self.callbacks.on_checkpoint_written(self, step))  # fmt: skip
+        self.checkpointer = tc.checkpoint.build(
+            self.engine.engine, states, self.steps, rank, self.ctx.report, context.scratch_dir,
+            lambda step: self.callbacks.on_checkpoint_written(self, step))  # fmt: skip
         builtin = [cb.SampleLog()] if tc.sample_log else []
         builtin += [cb.MetricLog(tc.log_every), cb.HeldOutEval(tc.eval_every)]
         self.callbacks = cb.Callbacks(builtin + cb.from_specs(tc.callbacks) + self.extra_callbacks)
@@ -161,12 +155,12 @@ class Trainer:
                 self.say(f"resuming from step {state.step} of {self.steps} ({state.cursor.position}"
                          f" samples{was}) on {topology.describe(self.ctx.placement)}")  # fmt: skip
         state.workers = self.world
-        self.tracker = self._tracker()
+        self.tracker = cfg.tracking.build(cfg.run.dir, self.rank, state.mlflow_run_id)
         state.mlflow_run_id = self.tracker.run_id
         nodes = topology.nodes(self.ctx.placement)
         self.tracker.log_params(cfg.model_dump(mode="json") | {"derived": dict(
             micro_batch=self.micro, grad_accum=self.accum, workers=self.world, steps=self.steps,
-            warmup_steps=self.warm, peak_lr=self.peak_lr, precision=self.precision,
+            warmup_steps=self.schedule.warmup, peak_lr=self.schedule.peak, precision=self.precision,
             num_samples=self.num_samples, classes=self.classes, nodes=nodes)})  # fmt: skip
         self.tracker.log_metrics({"workers": self.world, "nodes": nodes}, state.step)
         if state.step == 0:
@@ -177,15 +171,6 @@ class Trainer:
         self.batches = self.data.micro_batches(plan, state.cursor.position, self.steps - state.step,
                                                cfg.data.loader_workers, log=self.say_all)  # fmt: skip
         self.losses: list[torch.Tensor] = []  # stays empty when a finished run is launched again
-
-    def _tracker(self) -> Tracker:
-        run = self.cfg.run
-        if self.rank != 0:
-            return Tracker()
-        uri = run.mlflow_uri or default_tracking_uri(run.dir)
-        name = os.path.basename(run.dir.rstrip("/"))
-        return MlflowTracker(uri, run.experiment, name, run.dir, self.state.mlflow_run_id,
-                             run.mlflow_parent)  # fmt: skip
 
     # ---- train ------------------------------------------------------------------------------
     def train(self) -> str:
@@ -208,7 +193,7 @@ class Trainer:
         """One optimizer step (0-based `step`): `accum` micro-batches, AGC, SGD, EMA."""
         state, tc = self.state, self.cfg.train
         start = time.perf_counter()
-        lr = self.peak_lr * warmup_cosine(step, self.steps, self.warm)
+        lr = self.schedule(step)
         self.engine.set_lr(lr)
         losses, ids, skipped, clip, waited = [], [], 0, None, 0.0
         for _ in range(self.accum):
@@ -261,7 +246,7 @@ class Trainer:
             f"the latest checkpoint (step {saved}) is intact")  # fmt: skip
         reason = (f"stopped at step {state.step}: {n} steps in a row had a non-finite loss or"
                   f" gradient (train.max_nonfinite_steps={limit}); the weights are those of step"
-                  f" {state.step - n} and {kept}; expected finite steps: lower train.base_lr in a"
+                  f" {state.step - n} and {kept}; expected finite steps: lower train.schedule.base_lr in a"
                   " new run.dir, or check the data")  # fmt: skip
         self.say(reason)
         if self.rank == 0:
