@@ -30,7 +30,7 @@ test: setup
 	$(PY) -m pytest -q -m "not slow" --durations=25
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not e2e"
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

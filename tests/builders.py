@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 from pathlib import Path
 
+import fsspec
+import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 
 from pipeline.data.demo_images import jpeg_bytes, render
+from pipeline.data.manifest import read_manifest
+from pipeline.ingest.run import IngestConfig, ingest
 from pipeline.models import create_model
 from pipeline.train.config import AgcSection, OptimizerSection
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# from tests/test_agc.py
+# from tests/unit/test_agc.py
 def agc_zoo():
     """Conv, grouped conv, linear, bias, gain, scalar; gradients at very different scales so that
     some units clip and some do not; one near-zero weight row exercises eps; one zero gradient row
@@ -32,7 +40,7 @@ def agc_zoo():
     return params, grads
 
 
-# from tests/test_agc.py
+# from tests/unit/test_agc.py
 def reference_agc(param: torch.Tensor, grad: torch.Tensor, clipping: float, eps: float = 1e-3):
     """DeepMind's clip_grads, transcribed literally for one tensor."""
     if param.ndim <= 1:
@@ -47,7 +55,7 @@ def reference_agc(param: torch.Tensor, grad: torch.Tensor, clipping: float, eps:
     return torch.where(g_norm > max_norm, clipped, grad)
 
 
-# from tests/test_index.py
+# from tests/unit/test_index.py
 def shardwriter_set(folder: Path, count: int = 25, per_shard: int = 10, label=True) -> str:
     """img2dataset's layout, written by webdataset's own ShardWriter: <key>.jpg, <key>.txt (a
     caption), <key>.json (metadata, here with a class name); returns the brace pattern."""
@@ -63,24 +71,24 @@ def shardwriter_set(folder: Path, count: int = 25, per_shard: int = 10, label=Tr
     return str(folder / f"{{00000..{last:05d}}}.tar")
 
 
-# from tests/test_index.py
+# from tests/unit/test_index.py
 NAMES = ["cat", "dog", "owl"]
 
 
-# from tests/test_engine_agc.py
+# from tests/e2e/test_engine_agc.py
 def engine_model(classes: int = 5) -> torch.nn.Module:
     torch.manual_seed(0)
     return create_model("nfnet_nano0", num_classes=classes, drop_rate=0.0, stochdepth_rate=0.0)
 
 
-# from tests/test_engine_agc.py: the reference steps use HYPER, the engine OPTIMIZER (the same)
+# from tests/e2e/test_engine_agc.py: the reference steps use HYPER, the engine OPTIMIZER (the same)
 HYPER = dict(lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-3, clipping=0.01, eps=1e-3)
 OPTIMIZER = OptimizerSection(momentum=HYPER["momentum"], nesterov=HYPER["nesterov"],
                              weight_decay=HYPER["weight_decay"],
                              agc=AgcSection(clipping=HYPER["clipping"], eps=HYPER["eps"]))  # fmt: skip
 
 
-# from tests/test_scaling_fits.py
+# from tests/unit/test_scaling_fits.py
 def chinchilla_csv() -> Path:
     """Epoch AI's extraction of Chinchilla's Figure 4 (SPEC §7), vendored in tests/data."""
     env = os.environ.get("NFSCALE_CHINCHILLA_CSV")
@@ -89,5 +97,52 @@ def chinchilla_csv() -> Path:
     return path
 
 
-# from tests/test_scaling_fits.py
+# from tests/unit/test_scaling_fits.py
 CHINCHILLA_NAME = "chinchilla_svg_extracted_data.csv"
+
+
+# for tests/unit/test_ingest.py and tests/e2e/test_ingest_object_stores.py
+def jpeg(rng: np.random.Generator, h: int, w: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def image_tree(root: Path) -> Path:
+    """3 classes x 6 JPEGs, one oversized PNG, one non-image, one empty file, one bomb header."""
+    rng = np.random.default_rng(0)
+    for c in ["cat", "dog", "emu"]:
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            (root / c / f"{i}.jpg").write_bytes(jpeg(rng, 30 + 4 * i, 40))
+    Image.fromarray((rng.random((300, 90, 3)) * 255).astype("uint8")).save(root / "dog" / "big.png")
+    (root / "cat" / "notes.jpg").write_bytes(b"plain text, not an image")
+    (root / "emu" / "empty.png").write_bytes(b"")
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, "PNG")  # 400 Mpx of nothing, compresses to ~50 KB
+    (root / "emu" / "bomb.png").write_bytes(bomb.getvalue())
+    return root
+
+
+def ingest_config(src, out, **kw) -> IngestConfig:
+    return IngestConfig(
+        input=str(src), output=str(out), prefix="t", shard_bytes=6000, max_side=128, **kw
+    )
+
+
+def round_trip(tree: Path, out_url: str, storage_options: dict, parallel: bool = False):
+    """Ingest `tree` to `out_url`; the manifest read back equals the one written, and every
+    shard's bytes hash to its manifest entry."""
+    m = ingest(ingest_config(tree, out_url, parallel=parallel, storage_options=storage_options),
+               progress=False)  # fmt: skip
+    fs, root = fsspec.core.url_to_fs(out_url, **storage_options)
+    assert read_manifest(f"{out_url}/t.manifest.json", storage_options) == m
+    for rec in m.shards:
+        assert hashlib.sha256(fs.cat_file(f"{root}/{rec.name}")).hexdigest() == rec.sha256
+    return m
+
+
+# for tests/unit/test_job_dedup.py and tests/e2e/test_job_dedup_demo.py
+def dedup_audit(out: Path) -> list[dict]:
+    """The dedup job's audit records (duplicates.jsonl)."""
+    return [json.loads(x) for x in (out / "duplicates.jsonl").read_text().splitlines()]

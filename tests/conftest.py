@@ -27,6 +27,25 @@ def tiny_data(tmp_path_factory) -> Path:
     return build_demo_data(cfg) / "shards"
 
 
+@pytest.fixture
+def image_tree(tmp_path) -> Path:
+    """A small folder of images to ingest, bad files included (tests/builders.py)."""
+    from tests.builders import image_tree
+
+    return image_tree(tmp_path / "raw")
+
+
+@pytest.fixture(scope="session")
+def sweep_csv(tmp_path_factory) -> Path:
+    """4 models x 6 epoch budgets x 5 LRs in our sweep format, plus a failed and a running row."""
+    from pipeline.scaling.synthetic import SweepSpec, sweep_rows, write_sweep_csv
+
+    rows = sweep_rows(SweepSpec(noise=0.003))
+    rows.append({**rows[0], "status": "failed", "heldout_loss": ""})
+    rows.append({**rows[1], "status": "running", "heldout_loss": "0.5"})
+    return write_sweep_csv(tmp_path_factory.mktemp("sweep") / "results.csv", rows)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """Stops the shared cluster (if one started) when the session ends; module-scoped fixtures
@@ -63,3 +82,37 @@ def ray_cluster(ray_session, monkeypatch):
 
         reset_auth_token_state()
     yield jobs, env
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_data, tmp_path_factory, ray_session) -> Path:
+    """The tiny run (tests/pretrain_runs.py) by `ray job submit` to the session's 2-node cluster
+    on loopback, the workers placed one per node: the users' path, multi-node, uninterrupted.
+    The killed, preempted and restarted runs are single-node (both workers on the head), so
+    their bitwise comparisons with this one also check that the multi-node run trained exactly
+    what one node would have."""
+    import subprocess
+
+    from tests.pretrain_runs import submit_args
+    from tests.ray_head import shared_cluster
+
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    _, address, env = shared_cluster()
+    out = subprocess.run(submit_args(address, tiny_data, run_dir), capture_output=True,
+                         text=True, timeout=600, env=env)  # fmt: skip
+    assert out.returncode == 0 and "succeeded" in out.stdout, (
+        out.stdout[-3000:] + out.stderr[-2000:]
+    )
+    return run_dir
+
+
+# Where a test lives says what it needs (pyproject.toml's markers): unit/ starts no services;
+# e2e/ starts real ones (Ray, DeepSpeed workers, MLflow, storage emulators) and runs in
+# `make test`; chaos/ is the long fault-injection suite (`make chaos`, not `make test`).
+KINDS = {"e2e": ("e2e",), "chaos": ("chaos", "e2e", "slow")}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for marker in KINDS.get(item.path.parent.name, ()):
+            item.add_marker(marker)

@@ -8,7 +8,7 @@ configs/pretrain/nfnet_f7plus.yaml: the batch layout from `solve_batch` (global 
 x 4 accumulation x 16 micro-batch), the precision from `resolved_precision` (bf16), and
 `cluster.use_gpu`, with only the ZeRO stage varied. The job itself never reads these files (each
 worker builds the same dict in memory); they are for reading, diffing and for launching DeepSpeed
-by other means. tests/test_infra.py fails when they drift from the code.
+by other means. tests/unit/test_infra.py fails when they drift from the code.
 """
 
 from __future__ import annotations

@@ -138,6 +138,7 @@ def build_engine(
     opt = opt or OptimizerSection()
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    _skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend=_backend(), auto_mpi_discovery=False)
     clip_params = agc_parameters(model)
     shapes = [p.shape for p in clip_params]  # now: ZeRO-3 replaces them with empty partitions
@@ -156,6 +157,19 @@ def build_engine(
         reduce=stage in (1, 2, 3),  # stage 0: every rank already holds the whole average
     )
     return Engine(engine, agc, optimizer)
+
+
+def _skip_shm_comm_build() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce when its communication
+    starts (39 s on a fresh 2-core machine, once per machine) that only its inference path
+    (`inference_all_reduce`) calls; a training step's collectives go through torch.distributed
+    (gloo). Marking the op unavailable skips the build; other accelerators have no such op."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def set_determinism(on: bool) -> None:

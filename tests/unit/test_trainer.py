@@ -1,7 +1,8 @@
 """The trainer as components, without Ray (pipeline.testing.local): a callback added without
 touching the trainer sees every step; a SIGTERM to one rank mid-step, or a cluster's node-drain
 notice, ends the run after that step with its checkpoint, and the next launch resumes from it to
-bitwise the uninterrupted weights. The Ray path of the same notice is in tests/test_pretrain.py (kill, then preempt)."""
+bitwise the uninterrupted weights. The Ray path of the same notice is in
+tests/e2e/test_pretrain.py (kill, then preempt)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The one line a stopped or failed run ends with (pipeline/train/driver/stopped.py), from Ray's own
 exception types and the checkpoint snapshot Ray writes; the end-to-end runs that produce them
-(non-finite steps, a full disk) are in `make chaos` (tests/test_pretrain.py)."""
+(non-finite steps, a full disk) are in `make chaos` (tests/chaos/test_pretrain_faults.py)."""
 
 import errno
 import json

@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import fsspec
-import pytest
 
 from pipeline.data.demo_set import DemoDataConfig, build_demo_data
 from pipeline.data.manifest import Manifest
@@ -24,7 +23,7 @@ from pipeline.sweep.results import ResultsTable
 from tests.ray_head import loopback_head
 from tests.storage_servers import faulty_proxy, gcs_emulator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POINT = ("{data: {train: gs://bucket/dedup, train_prefix: pool, val: gs://bucket/shards/val,"
          " val_prefix: val, resolution: 32, eval_resolution: 32, val_samples: 16},"
          " train: {global_batch: 8, micro_batch: 4, checkpoint: {every: 2}, eval_every: 0},"
@@ -52,9 +51,6 @@ def _intact(fs, root: str, prefix: str) -> int:
     return manifest.num_samples
 
 
-@pytest.mark.e2e
-@pytest.mark.slow
-@pytest.mark.chaos
 def test_stage_jobs_on_gs_through_a_faulty_proxy(tmp_path):
     raw = build_demo_data(DemoDataConfig(out=str(tmp_path / "data"), classes=4, train_per_class=12,
                                          val_per_class=4, reference=8, planted=4, size=40,

@@ -79,7 +79,6 @@ def _worker(rank: int, world: int, stage: int, out: str, nan_step: int | None = 
         torch.save({"params": params, "clipped": clipped}, out)
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize(
     "stage",
     # ZeRO-2 in `make test`; 0, 1 and 3 (~17 s each) in `make test-slow`

@@ -5,7 +5,6 @@ import io
 import os
 import pickle
 import uuid
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -36,8 +35,6 @@ from pipeline.data.transforms import (
 from pipeline.ingest.run import IngestConfig, ingest
 from pipeline.ingest.tarwriter import build_tar
 from tests.loading import one_big_shard, peak_rss, rank_batches
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

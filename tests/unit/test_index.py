@@ -24,7 +24,7 @@ from pipeline.ingest.run import IngestConfig, ingest
 from tests.builders import NAMES, shardwriter_set
 from tests.loading import rank_batches
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _snapshot(folder: Path) -> dict:

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import run_job
-from pipeline.scaling import ReportJobConfig, run_report
-from pipeline.scaling.synthetic import SweepSpec, sweep_rows, write_sweep_csv
+from pipeline.scaling.synthetic import SweepSpec, sweep_rows
 from tests.builders import chinchilla_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOB = ROOT / "jobs" / "report.py"
 COEFFICIENTS = ("E", "A", "B", "alpha", "beta")
 
@@ -32,15 +31,6 @@ def load_job():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def sweep_csv(tmp_path_factory) -> Path:
-    """4 models x 6 epoch budgets x 5 LRs in our sweep format, plus a failed and a running row."""
-    rows = sweep_rows(SweepSpec(noise=0.003))
-    rows.append({**rows[0], "status": "failed", "heldout_loss": ""})
-    rows.append({**rows[1], "status": "running", "heldout_loss": "0.5"})
-    return write_sweep_csv(tmp_path_factory.mktemp("sweep") / "results.csv", rows)
 
 
 def check_folder(out: Path) -> dict:
@@ -177,18 +167,3 @@ def test_bad_input_from_the_command_line(tmp_path, sweep_csv, case):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and case in lines[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
-
-
-@pytest.mark.e2e
-def test_report_folder_logged_to_an_mlflow_run(tmp_path, sweep_csv):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("sweep", artifact_location=(tmp_path / "artifacts").as_uri())
-    run_id = client.create_run(exp).info.run_id
-    cfg = ReportJobConfig(results=str(sweep_csv), out=str(tmp_path / "report"), bootstrap=0,
-                          mlflow_run_id=run_id, mlflow_uri=uri)  # fmt: skip
-    run_report(cfg)
-    logged = {Path(a.path).name for a in client.list_artifacts(run_id, "scaling_report")}
-    assert {"fit.json", "report.html", "report.md", "loss_vs_compute.png"} <= logged

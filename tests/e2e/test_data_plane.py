@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import fsspec
-import pytest
 
 from pipeline.config import load_config
 from pipeline.data.demo_images import jpeg_bytes, render
@@ -24,7 +23,7 @@ from pipeline.train.config import PretrainConfig
 from tests.builders import NAMES, shardwriter_set
 from tests.storage_servers import faulty_proxy, gcs_emulator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # 576 samples: 48 batches of 12, an epoch exactly; at 3 ranks the 2 shards split between ranks
 # are read twice: 2/48 = 4.2% more than the data set.
 SHARDS, PER_SHARD, BATCH = 48, 12, 12
@@ -80,7 +79,6 @@ def _rank_actor():
     return Rank
 
 
-@pytest.mark.e2e
 def test_one_epoch_on_gs_downloads_each_shard_once_at_any_world_size(tmp_path, ray_cluster):
     import ray
 

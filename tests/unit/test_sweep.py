@@ -1,7 +1,7 @@
 """jobs/sweep.py: the grid and the LR search, the append-only results table, and one-line errors
 before Ray starts. The sweep end to end (2 models x 2 budgets on Ray, killed after its first
 point, re-run with finished points skipped, nested MLflow runs, fitted and reported) runs inside
-the demo chain's test, tests/test_demo_chain.py."""
+the demo chain's test, tests/e2e/test_demo_chain.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pipeline.config import UserError
 from pipeline.sweep.plan import Grid, LrSearch, Point
 from pipeline.sweep.results import COLUMNS, PointResult, ResultsTable
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 

@@ -18,7 +18,7 @@ from pipeline.config import load_config
 from pipeline.train.config import PretrainConfig, resolved_precision, solve_batch
 from pipeline.train.worker.engine import deepspeed_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 F7PLUS = ROOT / "configs" / "pretrain" / "nfnet_f7plus.yaml"
 CLUSTER = INFRA / "ray" / "cluster-gcp.yaml"

@@ -1,8 +1,6 @@
 """Scaling-law fits (pipeline/scaling): Approach 3 against Epoch AI's published replication,
 recovery of known laws, the compute-optimal frontier, the LR trend, and the table reader."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -25,7 +23,6 @@ from pipeline.scaling.lbfgs import minimize_batch
 from pipeline.scaling.synthetic import SweepSpec, sweep_rows, write_sweep_csv
 from tests.builders import chinchilla_csv
 
-ROOT = Path(__file__).resolve().parents[1]
 CHINCHILLA_COLUMNS = Columns(params="Model Size", loss="loss", tokens=None, flops="Training FLOP")
 
 

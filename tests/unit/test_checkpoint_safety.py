@@ -2,7 +2,8 @@
 (`torch.load(weights_only=False)`), and pipeline/train/worker/checkpoint.py forces torch's weights-only
 unpickler on it. A file whose pickle would run a command is refused through DeepSpeed's own
 loader; without the guard the same file runs it (so the test can fail). Genuine ZeRO checkpoints
-load under the guard in every resume test (tests/test_pretrain.py)."""
+load under the guard in every resume test (tests/e2e/test_pretrain.py,
+tests/chaos/test_pretrain_faults.py)."""
 
 import os
 import pickle
