@@ -11,7 +11,7 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 export PYTHONUNBUFFERED := 1
 STAGES := ingest dedup pretrain finetune sweep report
 
-.PHONY: setup test test-fast test-slow chaos demo demo-data bench bench-timm lint format clean \
+.PHONY: setup test test-fast test-slow chaos demo demo-data bench bench-timm lint format clean head head-stop \
 	$(addprefix submit-,$(STAGES))
 
 setup: $(STAMP)
@@ -56,6 +56,28 @@ RAY_DASHBOARD ?= http://127.0.0.1:8265
 $(addprefix submit-,$(STAGES)): submit-%: setup
 	RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address $(RAY_DASHBOARD) \
 		--runtime-env infra/runtime_env.yaml -- python jobs/$*.py $(ARGS)
+
+# A Ray head on this machine (loopback) to `ray job submit` to: started from the project's venv,
+# so its jobs' `python` is the venv's, with the token auth Ray 2.60 wants. It prints the lines
+# to run next (README, "First job on a local cluster"); `make head-stop` stops it.
+HEAD_PORT ?= 6379
+DASHBOARD_PORT ?= 8265
+HEAD_CPUS ?=
+LOCAL_RAY := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" RAY_AUTH_MODE=token $(VENV)/bin/ray
+head: setup
+	@$(LOCAL_RAY) get-auth-token --generate > /dev/null
+	@$(LOCAL_RAY) start --head --node-ip-address=127.0.0.1 --port=$(HEAD_PORT) \
+		--dashboard-host=127.0.0.1 --dashboard-port=$(DASHBOARD_PORT) --include-dashboard=true \
+		$(if $(HEAD_CPUS),--num-cpus=$(HEAD_CPUS)) > /dev/null
+	@echo "Ray head on 127.0.0.1:$(HEAD_PORT); its jobs run $(VENV)/bin/python. In your shell:"
+	@echo "  export RAY_ADDRESS=http://127.0.0.1:$(DASHBOARD_PORT) RAY_AUTH_MODE=token"
+	@echo "  $(VENV)/bin/ray job submit --working-dir . -- python jobs/pretrain.py" \
+		"data.train=$(CURDIR)/data/demo/shards/train data.val=$(CURDIR)/data/demo/shards/val" \
+		"run.dir=$(CURDIR)/runs/pretrain/nano"
+	@echo "(Ray uploads the checkout without data/ and runs/: paths are absolute. Data: make demo-data.)"
+
+head-stop:
+	@$(LOCAL_RAY) stop > /dev/null && echo "Ray stopped"
 
 # The data-plane benchmark installs mosaicml-streaming beside the run outputs on first use
 # (runs/bench/streaming-pkg, benchmarks/rival_packages.py): a rival, not a dependency.

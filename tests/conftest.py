@@ -85,25 +85,33 @@ def ray_cluster(ray_session, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def reference_run(tiny_data, tmp_path_factory, ray_session) -> Path:
-    """The tiny run (tests/pretrain_runs.py) by `ray job submit` to the session's 2-node cluster
-    on loopback, the workers placed one per node: the users' path, multi-node, uninterrupted.
-    The killed, preempted and restarted runs are single-node (both workers on the head), so
-    their bitwise comparisons with this one also check that the multi-node run trained exactly
-    what one node would have."""
+def reference_run(tiny_data, ray_session) -> Path:
+    """The tiny run (tests/pretrain_runs.py), submitted the way README's "First job on a local
+    cluster" says: the `export` and `ray job submit` lines the shared cluster's `make head`
+    printed, run in its checkout copy, with the tiny run's keys appended (its data is at the
+    printed place, data/demo/shards, linked to the session's tiny set). The worker node has
+    joined since, and the workers are placed one per node: the users' path, multi-node,
+    uninterrupted. The killed, preempted and restarted runs are single-node (both workers on
+    the head), so their bitwise comparisons with this one also check that the multi-node run
+    trained exactly what one node would have."""
     import subprocess
 
-    from tests.pretrain_runs import submit_args
-    from tests.ray_head import shared_cluster
+    from tests.pretrain_runs import TINY
+    from tests.ray_head import shared_head
 
-    run_dir = tmp_path_factory.mktemp("ref") / "run"
-    _, address, env = shared_cluster()
-    out = subprocess.run(submit_args(address, tiny_data, run_dir), capture_output=True,
-                         text=True, timeout=600, env=env)  # fmt: skip
+    checkout, printed = shared_head()
+    (checkout / "data" / "demo").mkdir(parents=True)
+    (checkout / "data" / "demo" / "shards").symlink_to(tiny_data)
+    lines = [line.strip() for line in printed.splitlines()]
+    export = next(line for line in lines if line.startswith("export "))
+    submit = next(line for line in lines if "ray job submit" in line)
+    command = f"{export}\n{submit} {' '.join(TINY)} cluster.placement=STRICT_SPREAD"
+    out = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
     assert out.returncode == 0 and "succeeded" in out.stdout, (
         out.stdout[-3000:] + out.stderr[-2000:]
     )
-    return run_dir
+    return checkout / "runs" / "pretrain" / "nano"
 
 
 # Where a test lives says what it needs (pyproject.toml's markers): unit/ starts no services;
@@ -116,3 +124,5 @@ def pytest_collection_modifyitems(items):
     for item in items:
         for marker in KINDS.get(item.path.parent.name, ()):
             item.add_marker(marker)
+    # A module that stops the session's cluster (`make head-stop`) runs after the others.
+    items.sort(key=lambda i: getattr(getattr(i, "module", None), "STOPS_THE_SHARED_CLUSTER", False))

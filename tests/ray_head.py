@@ -8,9 +8,12 @@ distinct node to it (node rank, local ranks), as on a real cluster."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +23,11 @@ from pipeline.testing.spawn import free_port
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-# The session's shared cluster (see `shared_cluster`): (GCS address, job API address, env).
+ROOT = Path(__file__).resolve().parents[1]
+# The session's shared cluster (see `shared_cluster`): (GCS address, job API address, env), and
+# (the checkout copy its head was started in, what `make head` printed).
 _shared: tuple[str, str, dict] | None = None
+_head: tuple[Path, str] | None = None
 
 
 def ray_stop() -> None:
@@ -77,17 +83,49 @@ def loopback_head(
         ray_stop()
 
 
+def checkout_copy(dest: Path) -> Path:
+    """The checkout's files (tracked, and untracked but not ignored) copied to `dest`, with its
+    venv linked: a checkout of the same code without data/ or runs/."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    (dest / ".venv").symlink_to(ROOT / ".venv")
+    return dest
+
+
 def shared_cluster() -> tuple[str, str, dict]:
-    """One loopback cluster for the session's end-to-end tests, started on first use: a head
-    offering 2 CPUs and a worker node (127.0.0.2) offering 1. Each Ray start costs ~25 s on
-    these machines; jobs connect to this one through RAY_ADDRESS, as drivers do under
-    `ray job submit`. PACK placement (the default) puts a 2-worker run on the head; STRICT_SPREAD
-    puts one worker on each node. Returns (the GCS address, the job API's address, the env)."""
-    global _shared
+    """One loopback cluster for the session's end-to-end tests, started on first use the way
+    README's "First job on a local cluster" starts one: `make head` (a head offering 2 CPUs, in a
+    copy of the checkout: `shared_head`), then a worker node (127.0.0.2) offering 1. Each Ray
+    start costs ~25 s on these machines; jobs connect to this one through RAY_ADDRESS, as
+    drivers do under `ray job submit`. PACK placement (the default) puts a 2-worker run on the
+    head; STRICT_SPREAD puts one worker on each node. Returns (the GCS address, the job API's
+    address, the env)."""
+    global _shared, _head
     if _shared is None:
         env = token_env()
         ray_stop()
-        port, jobs = start_head(env, "127.0.0.1", 2)
+        checkout = checkout_copy(Path(tempfile.mkdtemp(prefix="nfscale-checkout-")))
+        atexit.register(shutil.rmtree, checkout, True)
+        port, dash = free_port(), free_port()
+        # -o: never re-install the shared venv from the copy (an editable install would then
+        # point at it); the session's `make test` set it up already
+        head = subprocess.run(["make", "-s", "-o", ".venv/.installed", "head", f"HEAD_PORT={port}",
+                               f"DASHBOARD_PORT={dash}", "HEAD_CPUS=2"], cwd=checkout,
+                              capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+        assert head.returncode == 0, head.stdout + head.stderr
         start_node(env, f"127.0.0.1:{port}", "127.0.0.2", 1)
-        _shared = (f"127.0.0.1:{port}", jobs, env)
+        _shared, _head = (
+            (f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env),
+            (checkout, head.stdout),
+        )
     return _shared
+
+
+def shared_head() -> tuple[Path, str]:
+    """(the checkout copy the shared cluster's `make head` ran in, what it printed)."""
+    shared_cluster()
+    return _head

@@ -18,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+from pipeline import workdir
 from pipeline.chain.config import ChainConfig
 from pipeline.config import UserError, build_config, deep_merge
 from pipeline.data.demo_set import build_demo_data, demo_data_identity, demo_data_ready
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 class Chain:
     def __init__(self, cfg: ChainConfig) -> None:
         self.cfg = cfg
+        workdir.check_output("out", cfg.out)
+        workdir.check_output("data.out", cfg.data.out)
         self.out = Path(cfg.out).resolve()
         self.data = Path(cfg.data.out).resolve()
         self.kept = self.out / "dedup"

@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from pipeline import workdir
 from pipeline.config import UserError
 from pipeline.process import in_worker
 from pipeline.sweep.config import SweepConfig, point_config
@@ -51,6 +52,7 @@ def tracking_uri(cfg: SweepConfig, sweep_dir: str) -> str:
 class Sweep:
     def __init__(self, cfg: SweepConfig) -> None:
         s = cfg.sweep
+        workdir.check_output("sweep.dir", s.dir)
         self.cfg, self.dir = cfg, absolute(s.dir).rstrip("/")
         self.base = cfg.base_dict()
         self.uri = tracking_uri(cfg, self.dir)

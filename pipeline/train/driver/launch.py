@@ -18,6 +18,7 @@ import fsspec
 import yaml
 from pydantic import ValidationError
 
+from pipeline import workdir
 from pipeline.config import RunStopped, UserError
 from pipeline.data.manifest import manifest_path, read_manifest
 from pipeline.data.plan import cache_bytes
@@ -45,6 +46,10 @@ def absolute(url: str) -> str:
 
 def preflight(cfg: PretrainConfig) -> PretrainConfig:
     """Resolved paths, checked data; raises UserError with one line on bad input."""
+    for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
+                      ("init.from_run", cfg.init.from_run)):  # fmt: skip
+        workdir.check_input(key, path)
+    workdir.check_output("run.dir", cfg.run.dir)
     data = cfg.data.model_copy(update={"train": absolute(cfg.data.train)})
     if data.val:
         data.val = absolute(data.val)
