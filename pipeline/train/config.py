@@ -77,9 +77,8 @@ class RunSection(Section):
 class TrackingSection(Section):
     """Where the run is logged: one MLflow run, kept across restarts (pipeline.train.tracking)."""
 
-    uri: str | None = (
-        None  # default: MLFLOW_TRACKING_URI, else sqlite:///<run.dir parent>/mlflow.db
-    )
+    # None: MLFLOW_TRACKING_URI, else sqlite:///<run.dir parent>/mlflow.db (local run.dir only)
+    uri: str | None = None
     experiment: str = "pretrain"
     parent: str | None = None  # a parent run id (sweeps): this run is nested under it
 
