@@ -42,7 +42,7 @@ def _worker(rank: int, world: int, name: str, repeats: int, out: str) -> None:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from pipeline.models import create_model
-    from pipeline.train.config import OptimizerSection
+    from pipeline.train.components import OptimizerSection
     from pipeline.train.worker.ema import Ema
     from pipeline.train.worker.engine import build_engine, deepspeed_config
 

@@ -35,7 +35,7 @@ def _worker(rank: int, world: int, name: str, res: int, micro: int, repeats: int
     from pipeline.models import create_model
     from pipeline.optim.agc import adaptive_grad_clip_
     from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
-    from pipeline.train.config import OptimizerSection
+    from pipeline.train.components import OptimizerSection
     from pipeline.train.worker.engine import build_engine, deepspeed_config
 
     steps = STEPS_WARMUP + repeats

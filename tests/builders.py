@@ -18,7 +18,7 @@ from pipeline.data.demo_images import jpeg_bytes, render
 from pipeline.data.manifest import read_manifest
 from pipeline.ingest.run import IngestConfig, ingest
 from pipeline.models import create_model
-from pipeline.train.config import AgcSection, OptimizerSection
+from pipeline.train.components import AgcSection, OptimizerSection
 
 ROOT = Path(__file__).resolve().parents[1]
 

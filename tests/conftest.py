@@ -99,12 +99,9 @@ def reference_run(tiny_data, ray_session) -> Path:
     from tests.pretrain_runs import TINY
     from tests.ray_head import shared_head
 
-    checkout, printed = shared_head()
+    checkout, export, submit = shared_head()
     (checkout / "data" / "demo").mkdir(parents=True)
     (checkout / "data" / "demo" / "shards").symlink_to(tiny_data)
-    lines = [line.strip() for line in printed.splitlines()]
-    export = next(line for line in lines if line.startswith("export "))
-    submit = next(line for line in lines if "ray job submit" in line)
     command = f"{export}\n{submit} {' '.join(TINY)} cluster.placement=STRICT_SPREAD"
     out = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, text=True,
                          timeout=600)  # fmt: skip

@@ -125,7 +125,12 @@ def shared_cluster() -> tuple[str, str, dict]:
     return _shared
 
 
-def shared_head() -> tuple[Path, str]:
-    """(the checkout copy the shared cluster's `make head` ran in, what it printed)."""
+def shared_head() -> tuple[Path, str, str]:
+    """(the checkout copy the shared cluster's `make head` ran in, and the two lines it printed
+    to run next: the `export ...` and the `ray job submit ...`)."""
     shared_cluster()
-    return _head
+    checkout, printed = _head
+    lines = [line.strip() for line in printed.splitlines()]
+    export = next(line for line in lines if line.startswith("export "))
+    submit = next(line for line in lines if "ray job submit" in line)
+    return checkout, export, submit

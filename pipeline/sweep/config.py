@@ -24,6 +24,7 @@ from pipeline.config import (
     read_yaml,
 )
 from pipeline.models import list_models
+from pipeline.train.components import ScheduleSection
 from pipeline.train.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +99,7 @@ def point_config(
 ) -> PretrainConfig:
     """The pretraining config of one point; a bad key or value names the point."""
     schedule = base.get("train", {}).get("schedule", {})
-    base_lr = schedule.get("base_lr", PretrainConfig().train.schedule.base_lr)
+    base_lr = schedule.get("base_lr", ScheduleSection().base_lr)
     own = {
         "run": {"dir": run_dir},
         "tracking": {"uri": mlflow_uri, "parent": parent_run},

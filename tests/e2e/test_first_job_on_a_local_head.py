@@ -20,14 +20,11 @@ STOPS_THE_SHARED_CLUSTER = True  # conftest.py runs this file's tests after the 
 def test_make_head_prints_the_lines_that_ran_the_reference_job_and_head_stop_ends_it(
     reference_run,
 ):
-    checkout, printed = ray_head.shared_head()
-    lines = [line.strip() for line in printed.splitlines()]
-    export = next(line for line in lines if line.startswith("export "))
+    checkout, export, submit = ray_head.shared_head()
     assert (
         export.startswith("export RAY_ADDRESS=http://127.0.0.1:")
         and "RAY_AUTH_MODE=token" in export
     )
-    submit = next(line for line in lines if "ray job submit" in line)
     assert submit == (
         ".venv/bin/ray job submit --working-dir . -- python jobs/pretrain.py"
         f" data.train={checkout}/data/demo/shards/train data.val={checkout}/data/demo/shards/val"

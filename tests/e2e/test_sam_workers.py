@@ -9,7 +9,8 @@ from pipeline.optim.agc import adaptive_grad_clip_
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
 from pipeline.optim.sam import ascent_count, ascent_step
 from pipeline.testing.spawn import spawn
-from pipeline.train.config import SamSection, TrainSection
+from pipeline.train.components import SamSection
+from pipeline.train.config import TrainSection
 from pipeline.train.worker.engine import build_engine, deepspeed_config
 from pipeline.train.worker.export import full_state_dict
 from tests.builders import HYPER, OPTIMIZER

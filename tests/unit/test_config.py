@@ -166,8 +166,9 @@ def test_a_run_directory_of_the_flat_layout_resumes_and_a_changed_recipe_is_refu
     import yaml
 
     from pipeline.config import UserError
-    from pipeline.train.config import PretrainConfig, migrate
+    from pipeline.train.config import PretrainConfig
     from pipeline.train.driver.identity import RUN_CONFIG, check_same_run
+    from pipeline.train.renamed import migrate
 
     assert migrate({"run": {"dir": "r", "mlflow_uri": "u"},
                     "train": {"base_lr": 0.4, "agc_clipping": 0.02, "epochs": 2}}) == {

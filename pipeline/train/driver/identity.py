@@ -37,7 +37,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def as_today(saved: dict) -> dict:
     """A recorded config in today's layout: renamed keys moved (`migrate`), and keys added since
     it was written at their defaults (what the code that wrote it did)."""
-    from pipeline.train.config import PretrainConfig, migrate
+    from pipeline.train.config import PretrainConfig
+    from pipeline.train.renamed import migrate
 
     tree = migrate(saved)
     try:

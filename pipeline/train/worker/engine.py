@@ -17,7 +17,7 @@ import torch
 
 from pipeline.optim.agc_sharded import ClipStats, ShardedAGC
 from pipeline.optim.param_groups import agc_parameters, weight_decay_groups
-from pipeline.train.config import OptimizerSection
+from pipeline.train.components import OptimizerSection
 from pipeline.train.worker.fragments import engine_fragments
 
 STAGE3_BUCKET = 50_000_000  # elements: 200 MB in fp32
