@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from pipeline.data.manifest import read_manifest
 from pipeline.data.order import GlobalOrder, canonical_batch
+from pipeline.train.worker.context import run_registry
 from tests.ray_head import RAY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +108,9 @@ def submit_then_fault(argv: list[str], env: dict, run_dir: Path, fault) -> str:
 
 
 def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    snapshot = run_dir / "checkpoints" / "checkpoint_manager_snapshot.json"
+    registry = run_registry(str(run_dir), 0, 1)
     deadline = time.time() + timeout
-    while not snapshot.exists():
+    while registry.latest_step() is None:
         assert proc.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.1)

@@ -42,6 +42,7 @@ class PointResult(BaseModel):
     train_s: float | None = None
     recorded_at: str = ""
     error: str = ""
+    heldout_top1: float | None = None  # columns added later go last: older tables stay readable
 
     @property
     def finished(self) -> bool:
@@ -61,7 +62,7 @@ class ResultsTable:
             return []
         text = self.fs.cat_file(self.root).decode()
         reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames and reader.fieldnames != COLUMNS:
+        if reader.fieldnames and reader.fieldnames != COLUMNS[: len(reader.fieldnames)]:
             raise UserError(
                 f"results table {self.path} has columns {reader.fieldnames}; expected {COLUMNS}"
                 " (a table from another tool or version: give the sweep a new sweep.dir)"
@@ -79,7 +80,24 @@ class ResultsTable:
         """Each point's last row."""
         return {row.point: row for row in self.rows()}
 
+    def _upgrade(self) -> None:
+        """A table written before the last columns were added gets them (empty), once."""
+        if not self.fs.exists(self.root):
+            return
+        text = self.fs.cat_file(self.root).decode()
+        header = text.split("\n", 1)[0].strip().split(",")
+        if header == COLUMNS or not text.strip():
+            return
+        rows = self.rows()  # a foreign table is refused here
+        out = io.StringIO()
+        writer = csv.DictWriter(out, COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.model_dump().items()})
+        atomic_write(self.fs, self.root, out.getvalue().encode())
+
     def append(self, row: PointResult) -> None:
+        self._upgrade()
         line = io.StringIO()
         writer = csv.DictWriter(line, COLUMNS, extrasaction="raise")
         writer.writerow({k: "" if v is None else v for k, v in row.model_dump().items()})

@@ -1,10 +1,10 @@
 """Run a sweep: validate every point, open the parent MLflow run, then keep as many points
 training on Ray as the cluster fits, recording each outcome in the results table.
 
-Each point is one Ray task that runs `pipeline.train.driver.launch.launch` (a Ray Train TorchTrainer
-with its own workers, checkpoints and restarts). Ray queues trainers whose workers do not fit
-yet; `max_concurrent` (default: what the cluster's CPUs or GPUs hold) keeps the rest waiting
-here instead. Re-running the same sweep skips finished points and resumes the others from
+Points run on lanes (`pipeline.sweep.lanes`): `max_concurrent` worker groups (default: as many
+as the cluster's CPUs or GPUs hold), each training one point after another without starting
+its workers again. Each point is a pretraining run of its own (run.dir, checkpoints, MLflow
+run, summary). Re-running the same sweep skips finished points and resumes the others from
 their checkpoints (same run directories). A failed point is recorded and does not stop the rest.
 """
 
@@ -23,7 +23,8 @@ from pipeline.sweep.config import SweepConfig, point_config
 from pipeline.sweep.plan import Grid, LrSearch, Point
 from pipeline.sweep.results import PointResult, ResultsTable
 from pipeline.train.config import PretrainConfig
-from pipeline.train.driver.launch import absolute, init_ray, preflight
+from pipeline.train.driver import stopped
+from pipeline.train.driver.launch import absolute, init_ray, preflight, prepare
 from pipeline.train.summary import RunSummary
 from pipeline.train.tracking import MlflowTracker, default_tracking_uri
 
@@ -89,7 +90,7 @@ class Sweep:
             run_dir=f"{self.dir}/runs/{p.name}", mlflow_run_id=s.get("mlflow_run_id"),
             point=p.name, lr_multiplier=p.lr_multiplier, wall_s=round(wall, 2),
             train_s=s.get("train_seconds"), recorded_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            error=error[:300],
+            error=error[:300], heldout_top1=s.get("heldout_top1"),
         )  # fmt: skip
         self.table.append(row)
         return row
@@ -105,15 +106,66 @@ def _capacity(cfg: PretrainConfig) -> int:
     return max(1, int(have.get("CPU", 1) // (cl.workers * cl.cpus_per_worker)))
 
 
-def _launch_point(config: dict) -> RunSummary:
-    from pipeline.train.driver.launch import launch  # in the task's process
+class _Lanes:
+    """The lanes of this sweep run and the queue they take points from (Ray starts with the
+    first point to run: a finished sweep needs none)."""
 
-    return launch(PretrainConfig.model_validate(config))
+    def __init__(self, sweep: Sweep, first: PretrainConfig) -> None:
+        import ray
+
+        from pipeline.sweep.lanes import PointQueue, run_lane
+
+        init_ray(first)
+        self.first, self.dir = first.model_dump(mode="json"), sweep.dir
+        self.limit = sweep.cfg.sweep.max_concurrent or _capacity(first)
+        self.queue = PointQueue.remote()
+        self.task = ray.remote(num_cpus=0, max_retries=0)(in_worker(run_lane))
+        self.running: dict = {}  # ObjectRef of a lane's task -> lane name
+        self.started = 0
+        self.result = None  # ObjectRef of the queue's next outcome
+        log.info(
+            f"sweep: up to {self.limit} point(s) at once; a lane's workers stay up across points"
+        )
+
+    def put(self, p: Point, config: PretrainConfig) -> None:
+        import ray
+
+        ray.get(self.queue.put.remote(p.name, config.model_dump(mode="json")))
+
+    def fill(self, outstanding: int) -> None:
+        """As many lanes as points to run, up to the limit."""
+        while len(self.running) < min(self.limit, outstanding):
+            lane = f"lane{self.started}"
+            self.started += 1
+            ref = self.task.remote(self.first, self.queue, lane, f"{self.dir}/lanes/{lane}")
+            self.running[ref] = lane
+
+    def next_outcome(self) -> dict:
+        """The next point's outcome; a lane that ended first fails the point it had."""
+        import ray
+
+        while True:
+            if self.result is None:
+                self.result = self.queue.result.remote()
+            (ref,), _ = ray.wait([self.result, *self.running], num_returns=1)
+            if ref is self.result:
+                self.result = None
+                return ray.get(ref)
+            lane = self.running.pop(ref)
+            try:
+                error = ray.get(ref)
+            except Exception as e:  # the lane's task itself failed
+                error = (str(e).strip().splitlines() or [repr(e)])[-1]
+            ray.get(self.queue.lane_ended.remote(lane, error))
+
+    def close(self) -> None:
+        import ray
+
+        ray.get(self.queue.close.remote())
+        ray.wait(list(self.running), num_returns=len(self.running), timeout=120)
 
 
 def run_sweep(cfg: SweepConfig) -> SweepOutcome:
-    import ray
-
     sweep = Sweep(cfg)
     first = sweep.check()
     # No system metrics here: the driver idles, and the points' own runs sample their workers.
@@ -121,10 +173,9 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
                             sweep.dir, system_metrics=False)  # fmt: skip
     sweep.parent = tracker.run_id
     tracker.log_params({"sweep": cfg.sweep.model_dump(mode="json"), "base": cfg.base})
-    limit, task = 0, None  # Ray starts with the first point to run: a finished sweep needs none
     outcomes = sweep.table.latest()
-    queue: list[Point] = []
-    running: dict = {}  # ObjectRef -> (point, start time)
+    lanes: _Lanes | None = None
+    waiting: dict[str, Point] = {}  # handed to the lanes, no outcome yet
     done = {"finished": [], "failed": [], "skipped": []}
     log.info(f"sweep: {sweep.dir}, parent MLflow run {sweep.parent}")
     while True:
@@ -132,32 +183,37 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
             if p.name in outcomes and outcomes[p.name].finished:
                 done["skipped"].append(p.name)
                 log.info(f"sweep: {p.name} finished before, skipped")
-            else:
-                outcomes.pop(p.name, None)  # an old failure is no outcome of this attempt
-                queue.append(p)
-        if queue and task is None:
-            init_ray(first)
-            limit = cfg.sweep.max_concurrent or _capacity(first)
-            task = ray.remote(num_cpus=0, max_retries=0)(in_worker(_launch_point))  # Train restarts
-            log.info(f"sweep: up to {limit} point(s) at once")
-        while queue and len(running) < limit:
-            p = queue.pop(0)
-            log.info(f"sweep: {p.name} started")
-            running[task.remote(sweep.config(p).model_dump(mode="json"))] = (p, time.perf_counter())
-        if not running:
+                continue
+            outcomes.pop(p.name, None)  # an old failure is no outcome of this attempt
+            config, summary = prepare(sweep.config(p))
+            if summary is not None:  # trained before its row was written
+                outcomes[p.name] = sweep.record(p, "finished", summary, 0.0)
+                done["finished"].append(p.name)
+                continue
+            lanes = lanes or _Lanes(sweep, first)
+            lanes.put(p, config)
+            waiting[p.name] = p
+            log.info(f"sweep: {p.name} queued")
+        if not waiting:
             break
-        (ref,), _ = ray.wait(list(running), num_returns=1)
-        p, start = running.pop(ref)
-        try:
-            summary, status, error = ray.get(ref), "finished", ""
-        except Exception as e:  # a failed point is recorded; the sweep goes on
-            summary, status, error = None, "failed", (str(e).strip().splitlines() or [repr(e)])[-1]
-        outcomes[p.name] = sweep.record(p, status, summary, time.perf_counter() - start, error)
+        lanes.fill(len(waiting))
+        out = lanes.next_outcome()
+        p = waiting.pop(out["name"])
+        run_dir = f"{sweep.dir}/runs/{p.name}"
+        status, summary, error = out["status"], None, out["error"] or ""
+        if status == "finished":
+            summary = RunSummary.read(run_dir)
+        elif status != "failed":  # it stopped itself (non-finite steps) or could not fit
+            status, error = "failed", stopped.reason(run_dir) or f"the run ended {status}"
+        outcomes[p.name] = sweep.record(p, status, summary, out["wall"], error)
         done[status].append(p.name)
-        loss = f"held-out loss {summary.heldout_loss:.4f}" if summary else error
+        loss = (f"held-out loss {summary.heldout_loss:.4f}, top-1 {summary.heldout_top1:.3f}"
+                if summary else error)  # fmt: skip
         log.info(f"sweep: {p.name} {status}: {loss}")
         if summary:
             tracker.log_metrics({f"heldout_loss/{p.name}": summary.heldout_loss}, 0)
+    if lanes is not None:
+        lanes.close()
     if sweep.table.fs.exists(sweep.table.root):
         tracker.log_text(sweep.table.fs.cat_file(sweep.table.root).decode(), "results.csv")
     tracker.log_text(json.dumps(done, indent=1), "outcome.json")

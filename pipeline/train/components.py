@@ -99,7 +99,7 @@ class CheckpointSection(Section):
     """Cadence and retention of training checkpoints (`worker/checkpoint.py`)."""
 
     every: int = Field(100, ge=1)  # steps; and one at the end, and one on a preemption notice
-    keep: int = Field(2, ge=1)  # the newest complete ones; Ray deletes the rest
+    keep: int = Field(2, ge=1)  # the newest complete ones; older ones are deleted
 
     def build(self, engine, states: dict, steps: int, rank: int, report, scratch, on_written):
         from pipeline.train.worker.checkpoint import Checkpointer

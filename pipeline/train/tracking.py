@@ -76,6 +76,9 @@ class MlflowTracker(Tracker):
         import mlflow
 
         self._mlflow = mlflow
+        # Queued metrics go out once a second; with this set (unset: a 1 s blocking poll) a
+        # flush returns at once instead of after up to 1 s, twice per close (1.5 s a run).
+        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
         mlflow.set_tracking_uri(uri)
         fs, root = fsspec.core.url_to_fs(run_dir)
         id_path = f"{root.rstrip('/')}/{RUN_ID_FILE}"

@@ -49,7 +49,7 @@ def test_on_a_cluster_each_node_checks_its_memory_and_the_run_stops_in_one_line(
     assert streamed.count("Started training worker group") == 1  # one attempt: no retries
     assert errors[0].startswith("error: nfnet_f7plus (ZeRO-0, fp32, 2 workers) needs about")
     assert "GiB for the 2 worker(s) on node " in errors[0]
-    assert not (run_dir / "final").exists() and not list(run_dir.glob("checkpoints/checkpoint_*"))
+    assert not (run_dir / "final").exists() and not list(run_dir.glob("checkpoints/step_*"))
 
 
 # ~10 min on 2 cores: `make chaos`; figures in BENCHMARKS.md

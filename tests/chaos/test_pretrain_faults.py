@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.testing import faults
+from pipeline.train.worker.context import run_registry
 from tests import netns
 from tests.pretrain_runs import (
     STEPS,
@@ -247,10 +248,7 @@ def test_nonfinite_steps_then_a_full_disk_stop_the_run_in_one_line_checkpoint_in
 
 
 def _registered_checkpoint(run_dir: Path) -> Path:
-    snapshot = json.loads(
-        (run_dir / "checkpoints" / "checkpoint_manager_snapshot.json").read_text()
-    )
-    return run_dir / "checkpoints" / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    return Path(run_registry(str(run_dir), 0, 1).newest()[1])
 
 
 def _file_hashes(root: Path) -> dict[str, str]:

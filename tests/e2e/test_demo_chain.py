@@ -1,12 +1,15 @@
 """The main job end to end at a reduced size (issue 6), which is also the sweep's acceptance
-test (issue 5): demo data -> Ray ingest -> dedup -> a 2 models x 2 budgets sweep, killed with
-kill -9 after its first point and re-run (finished points skipped) -> SAM fine-tune of the best
-point at a higher resolution -> fits and report; then a third run that only reuses."""
+test (issue 5): demo data -> Ray ingest -> dedup -> a 2 models x 2 budgets sweep on one lane
+(its workers kept across points), killed with kill -9 after its first point and the second's
+first checkpoint, then re-run (finished points skipped, the interrupted one resumed; a point
+that reused the lane's workers bitwise equal to the same run alone) -> SAM fine-tune of the
+best point at a higher resolution -> fits and report; then a third run that only reuses."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +18,8 @@ from pathlib import Path
 
 from pipeline.data.manifest import read_manifest
 from pipeline.sweep.results import ResultsTable
+from pipeline.train.worker.context import run_registry
+from tests.pretrain_runs import assert_bitwise_equal, final_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -27,7 +32,7 @@ def _args(tmp: Path) -> list[str]:
         "data.train_per_class=12", "data.val_per_class=4", "data.reference=8", "data.planted=4",
         "data.size=40", "data.workers=1",
         "sweep.sweep.models=[nfnet_nano0, nfnet_nano1]", "sweep.sweep.epochs=[0.5, 1.0]",
-        f"sweep.pretrain={point}",
+        "sweep.sweep.max_concurrent=1", f"sweep.pretrain={point}",
         "finetune.train={epochs: 0.5, global_batch: 16, micro_batch: 4, sam: {ascent_fraction: 0.5},"
         " log_every: 1}",
         "finetune.data={resolution: 32, eval_resolution: 40, val_samples: 16}", "bootstrap=20",
@@ -47,11 +52,13 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
     proc = subprocess.Popen([PY, "jobs/demo.py", *_args(tmp_path)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
+    second = runs / "sweep" / "runs" / "nfnet_nano0-e1-lr1"  # the lane's next point
     try:
         deadline = time.time() + 600
-        while not (results.exists() and "finished" in results.read_text()):
+        while not (results.exists() and "finished" in results.read_text()
+                   and run_registry(str(second), 0, 1).latest_step()):  # fmt: skip
             assert proc.poll() is None and time.time() < deadline, "no sweep point finished"
-            time.sleep(0.2)
+            time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver: Ray then ends the running point
         proc.wait(timeout=60)
     finally:
@@ -59,12 +66,15 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
     before = ResultsTable(str(results)).rows()
     done_first = [r.point for r in before if r.finished]
     assert 1 <= len(done_first) < 4  # the kill landed mid-sweep
+    interrupted = run_registry(str(second), 0, 1).latest_step()
 
     out = _demo(tmp_path)
     log = out.stdout + out.stderr
     assert "demo data: up to date" in log and "dedup: done before" in log
     for point in done_first:
         assert f"sweep: {point} finished before, skipped" in out.stdout
+    if "nfnet_nano0-e1-lr1" not in done_first:
+        assert f"resuming from step {interrupted} of " in out.stdout
     rows = ResultsTable(str(results)).rows()
     assert all([r.point for r in rows].count(p) == 1 for p in done_first)  # never re-run
     latest = ResultsTable(str(results)).latest()
@@ -73,6 +83,14 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
         summary = json.loads((Path(r.run_dir) / "final" / "summary.json").read_text())
         assert r.heldout_loss == summary["heldout_loss"] and summary["workers"] == 1
         assert r.images_seen == summary["images_seen"] and r.flops > 0
+    # the lane's workers trained earlier points; alone, the same run gives the same weights
+    assert re.search(r"lane0: nfnet_nano1-e1-lr1 is point [2-9] on these workers", out.stdout)
+    reused = Path(latest["nfnet_nano1-e1-lr1"].run_dir)
+    alone = subprocess.run([PY, "jobs/pretrain.py", "--config", str(reused / "run_config.yaml"),
+                            f"run.dir={tmp_path / 'alone'}"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    assert_bitwise_equal(final_weights(tmp_path / "alone"), final_weights(reused))
 
     # dedup: the audit trail, and the sweep trained on the kept pool
     audit = [json.loads(x) for x in (runs / "dedup" / "duplicates.jsonl").read_text().splitlines()]
@@ -108,7 +126,7 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
     assert {"scaling_report", "results.csv"} <= {a.path for a in client.list_artifacts(parent)}
 
     again = _demo(tmp_path)  # everything complete: reused, and no Ray started
-    assert "nothing to do" in again.stdout and " started" not in again.stdout
+    assert "nothing to do" in again.stdout and " queued" not in again.stdout
     assert "Started a local Ray instance" not in again.stdout + again.stderr
     assert json.loads((finetune / "final" / "summary.json").read_text()) == tuned
     changed = subprocess.run([PY, "jobs/demo.py", *_args(tmp_path), "data.planted=2"], cwd=ROOT,

@@ -1,24 +1,40 @@
 """The one line a stopped or failed run ends with (pipeline/train/driver/stopped.py), from Ray's own
-exception types and the checkpoint snapshot Ray writes; the end-to-end runs that produce them
+exception types and the run's checkpoint registry (or the snapshot Ray Train wrote for run
+directories from before it); the end-to-end runs that produce them
 (non-finite steps, a full disk) are in `make chaos` (tests/chaos/test_pretrain_faults.py)."""
 
 import errno
 import json
 
+import pytest
 from ray.train import ControllerError, WorkerGroupError
 
 from pipeline.train.driver import stopped
 
 
 def _snapshot(run_dir, step: int) -> None:
+    """What Ray Train's registry left in run directories written before ours."""
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "checkpoint_manager_snapshot.json").write_text(json.dumps({
         "ray_version": "2.60.0", "latest_checkpoint_result": {
             "checkpoint_dir_name": "checkpoint_x", "metrics": {"step": step}}}))  # fmt: skip
 
 
-def test_a_full_disk_after_rays_restarts_is_one_line_with_the_intact_checkpoint(tmp_path):
-    _snapshot(tmp_path, 10)
+def _registered(run_dir, step: int, complete: bool = True) -> None:
+    folder = run_dir / "checkpoints" / f"step_{step:08d}"
+    folder.mkdir(parents=True)
+    if complete:
+        (folder / "COMPLETE").touch()
+
+
+@pytest.mark.parametrize("layout", ["registry", "ray_snapshot"])
+def test_a_full_disk_after_rays_restarts_is_one_line_with_the_intact_checkpoint(tmp_path, layout):
+    if layout == "registry":
+        _registered(tmp_path, 8)
+        _registered(tmp_path, 10)
+        _registered(tmp_path, 12, complete=False)  # killed mid-write: never counts
+    else:
+        _snapshot(tmp_path, 10)
     try:
         try:
             raise OSError(errno.ENOSPC, "No space left on device", "/disk/run/checkpoints/x")

@@ -61,6 +61,13 @@ def test_results_table_appends_and_the_last_row_of_a_point_wins(tmp_path):
     other.write_text("model,loss\nx,1\n")
     with pytest.raises(UserError, match="expected"):
         ResultsTable(str(other)).rows()
+    older = tmp_path / "older.csv"  # written before heldout_top1 was added: read, then upgraded
+    older.write_text(",".join(COLUMNS[:-1]) + "\n" + lines[2].rsplit(",", 1)[0] + "\n")
+    assert ResultsTable(str(older)).rows()[0].heldout_loss == 1.25
+    ResultsTable(str(older)).append(PointResult(point="p3", status="finished", heldout_top1=0.5))
+    assert older.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert [(r.point, r.heldout_top1) for r in ResultsTable(str(older)).rows()] == [
+        ("p2", None), ("p3", 0.5)]  # fmt: skip
     bad = tmp_path / "bad.csv"
     bad.write_text(",".join(COLUMNS) + "\n" + lines[2].replace(",1.25,", ",low,") + "\n")
     with pytest.raises(UserError) as info:

@@ -2,8 +2,9 @@
 
 Everything that can be wrong with the input (config, data paths, manifests, class counts, the
 run directory) is checked here, in the driver, before Ray is started or any worker is placed.
-Checkpoints go to `<run.dir>/checkpoints/` (Ray's storage for this run); re-running with the
-same run.dir restores Ray's record of them and the workers resume from the latest complete one.
+Checkpoints go to `<run.dir>/checkpoints/step_<N>/` (registered by the workers themselves:
+`pipeline.train.worker.registry`); re-running with the same run.dir resumes from the latest
+complete one, as Ray's restarts of the worker group do.
 """
 
 from __future__ import annotations
@@ -164,28 +165,27 @@ def init_ray(cfg: PretrainConfig) -> None:
              dashboard_host="127.0.0.1", log_to_driver=True)  # fmt: skip
 
 
-def launch(cfg: PretrainConfig) -> RunSummary:
-    """Run training to completion (resuming if run.dir has checkpoints); returns the summary."""
-    import ray
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        RunConfig,
-        ScalingConfig,
-        TrainingFailedError,
-    )
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pipeline.train.worker.trainer import train_worker
-
+def prepare(cfg: PretrainConfig) -> tuple[PretrainConfig, RunSummary | None]:
+    """Preflight, then the run's summary if run.dir holds it finished (nothing to start), else
+    the run's config recorded and the marks of an earlier attempt cleared."""
     cfg = preflight(cfg)
     done = finished_summary(cfg)
     if done is not None:
         log.info(f"{cfg.run.dir} finished before ({done.steps} steps, same config):"
                  " nothing to do")  # fmt: skip
-        return done
+        return cfg, done
     record_run_config(cfg)
-    init_ray(cfg)
+    stopped.clear(cfg.run.dir)
+    preemption.take(cfg.run.dir)  # one left by a driver that died before reading it
+    return cfg, None
+
+
+def torch_trainer(cfg: PretrainConfig, loop, loop_config: dict, storage: str, max_failures: int):
+    """Ray Train's worker group for `cfg.cluster`: `loop(loop_config)` on every worker, Ray's
+    own records under `<storage>/ray_train`."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     cl = cfg.cluster
     backend = cl.backend if cl.backend != "auto" else ("nccl" if cl.use_gpu else "gloo")
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
@@ -195,26 +195,39 @@ def launch(cfg: PretrainConfig) -> RunSummary:
     if not cl.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     env.update(cl.worker_env)
-    trainer_args = dict(
-        train_loop_per_worker=train_worker,
-        train_loop_config=cfg.model_dump(mode="json"),
+    return TorchTrainer(
+        train_loop_per_worker=loop,
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=(cl.min_workers, cl.workers) if cl.min_workers else cl.workers,
             use_gpu=cl.use_gpu, resources_per_worker={"CPU": cl.cpus_per_worker},
             placement_strategy=cl.placement),
         torch_config=TorchConfig(backend=backend),
         run_config=RunConfig(
-            name="checkpoints", storage_path=cfg.run.dir,
-            failure_config=FailureConfig(max_failures=cl.max_failures,
+            name="ray_train", storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures,
                                          max_preemption_failures=cl.max_preemptions),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoint.keep), worker_runtime_env={"env_vars": env},
+            worker_runtime_env={"env_vars": env},
         ),
     )  # fmt: skip
-    stopped.clear(cfg.run.dir)
-    preemption.take(cfg.run.dir)  # one left by a driver that died before reading it
+
+
+def launch(cfg: PretrainConfig) -> RunSummary:
+    """Run training to completion (resuming if run.dir has checkpoints); returns the summary."""
+    import ray
+    from ray.train import TrainingFailedError
+
+    from pipeline.train.worker.trainer import train_worker
+
+    cfg, done = prepare(cfg)
+    if done is not None:
+        return done
+    init_ray(cfg)
+    cl = cfg.cluster
     while True:
         try:
-            TorchTrainer(**trainer_args).fit()
+            torch_trainer(cfg, train_worker, cfg.model_dump(mode="json"), cfg.run.dir,
+                          cl.max_failures).fit()  # fmt: skip
             reason = stopped.reason(cfg.run.dir)  # the run stopped itself, or None
         except TrainingFailedError as e:  # Ray's restarts are used up: the cause, in one line
             reason = stopped.failure_reason(e, cfg.run.dir, cl.max_failures)

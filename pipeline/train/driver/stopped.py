@@ -4,7 +4,7 @@ A run that stops itself (too many non-finite steps in a row) leaves `<run.dir>/s
 its workers return normally, so Ray does not retry what would fail the same way again, and the
 driver turns the record into the line. The next launch of the run directory clears it. A run
 that failed (a full disk, a read-only checkpoint directory, ...) after Ray's retries is named
-by its root cause and the latest checkpoint Ray registered complete.
+by its root cause and its latest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -43,13 +43,10 @@ def clear(run_dir: str) -> None:
 
 
 def latest_checkpoint_step(run_dir: str) -> int | None:
-    """The step of the latest checkpoint Ray registered as complete (every rank's part)."""
-    fs, path = fsspec.core.url_to_fs(f"{run_dir.rstrip('/')}/checkpoints")
-    try:
-        snapshot = json.loads(fs.cat_file(f"{path}/checkpoint_manager_snapshot.json"))
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
-        return None
+    """The step of the run's latest complete checkpoint (every rank's part), or None."""
+    from pipeline.train.worker.context import run_registry  # torch: on a failure only
+
+    return run_registry(run_dir, 0, 1).latest_step()
 
 
 def root_cause(error: BaseException) -> BaseException:

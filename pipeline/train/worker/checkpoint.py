@@ -1,9 +1,9 @@
 """Training checkpoints: DeepSpeed's sharded engine state + the trainer's stateful components.
 
-One directory per checkpoint, written by every rank, then handed over (`WorkerContext.report`;
-under Ray, `ray.train.report(checkpoint=...)`), which copies it under `<run.dir>/checkpoints/`
-and registers it only once every rank's part has arrived: a checkpoint Ray knows is complete,
-and a failed or killed write is never resumed from. Layout:
+One directory per checkpoint, written by every rank, then handed over (`WorkerContext.report`:
+`registry.CheckpointRegistry`), which copies it under `<run.dir>/checkpoints/step_<N>/` and marks
+it complete only once every rank's part has arrived: a failed or killed write is never resumed
+from. Layout:
   deepspeed/...          DeepSpeed's model + ZeRO optimizer shards (one file per rank)
   <name>.json            a component's state, one for the run (rank 0 writes it)
   <name>_rank{r}.json    a component's state per rank (RNG)
@@ -179,7 +179,7 @@ def load(engine, states: dict[str, Stateful], directory: str, rank: int) -> None
 
 class Checkpointer:
     """Saves the engine and the components every `every` steps and at the last, hands each
-    checkpoint over, and restores the latest; how many are kept is Ray's (`num_to_keep`)."""
+    checkpoint over, and restores the latest; how many are kept is the registry's (`keep`)."""
 
     def __init__(self, engine, states: dict[str, Stateful], every: int, steps: int, rank: int,
                  report: Callable[[int, str], None], scratch: Callable,

@@ -1,20 +1,21 @@
 """Where a trainer runs: its rank, its device, and where its checkpoints come from and go to.
 
-`from_ray()` is the production one (a Ray Train worker: Ray registers a checkpoint once every
-rank's part has arrived, and hands the latest complete one back on a restart). Tests build a
+`from_ray()` is the production one (a Ray Train worker; the ranks register a checkpoint once
+every rank's part has arrived, and find the latest complete one on a restart: `registry`). Tests build a
 `WorkerContext` of their own (`pipeline.testing.local`) to run the same trainer without Ray.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 
 from pipeline.train.worker import topology
+from pipeline.train.worker.registry import CheckpointRegistry
 
 
 @dataclass
@@ -33,24 +34,20 @@ class WorkerContext:
     drain_notice: Callable[[], bool] = lambda: False
 
 
-def from_ray(use_gpu: bool) -> WorkerContext:
+def run_registry(run_dir: str, rank: int, keep: int) -> CheckpointRegistry:
+    """Where a run's checkpoints are, whichever worker group trains it."""
+    return CheckpointRegistry(f"{run_dir.rstrip('/')}/checkpoints", rank, keep)
+
+
+def from_ray(use_gpu: bool, run_dir: str, keep: int) -> WorkerContext:
+    """A Ray Train worker training the run in `run_dir`. Its checkpoints are registered by the
+    ranks themselves (`registry`), not by Ray: a worker group may train several runs one after
+    another (a sweep's lane), and Ray's registry is the group's, not the run's."""
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
-
-    @contextmanager
-    def latest() -> Iterator[str | None]:
-        found = ray.train.get_checkpoint()
-        if found is None:
-            yield None
-            return
-        with found.as_directory() as d:
-            yield d
-
-    def report(step: int, directory: str) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report({"step": step}, checkpoint=checkpoint)
+    registry = run_registry(run_dir, ctx.get_world_rank(), keep)
 
     def drain_notice() -> bool:
         """Whether Ray's PreemptionWatcher marked this worker (it marks every worker of the run
@@ -64,7 +61,8 @@ def from_ray(use_gpu: bool) -> WorkerContext:
 
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
     return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size(),
-                         device, topology.placement(ctx), latest, report, drain_notice)  # fmt: skip
+                         device, topology.placement(ctx), registry.latest, registry.report,
+                         drain_notice)  # fmt: skip
 
 
 def scratch_dir():

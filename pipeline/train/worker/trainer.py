@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 def train_worker(config: dict) -> None:
     """Ray Train's entry point on every worker."""
     cfg = PretrainConfig.model_validate(config)
-    Trainer(cfg, context.from_ray(cfg.cluster.use_gpu)).run()
+    ctx = context.from_ray(cfg.cluster.use_gpu, cfg.run.dir, cfg.train.checkpoint.keep)
+    Trainer(cfg, ctx).run()
 
 
 class Trainer:
@@ -67,15 +68,18 @@ class Trainer:
         setup_process(self.rank)  # storage defaults; this rank's lines shown for rank 0 only
         self.extra_callbacks = list(callbacks)
 
-    def run(self) -> None:
-        """setup, resume, train, finish; every rank runs it."""
+    def run(self) -> str:
+        """setup, resume, train, finish; every rank runs it. Returns how it ended, the same on
+        every rank: 'finished', 'stopped' (with a stop record), 'preempted' or 'unfit'."""
         if not self.setup():
-            return
+            return "unfit"
         try:
             self.resume()
             self.callbacks.on_train_start(self)
-            if self.train() == "finished":
+            outcome = self.train()
+            if outcome == "finished":
                 self.finish()
+            return outcome
         finally:
             self.preemption.close()
             if hasattr(self, "batches"):
