@@ -11,7 +11,7 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 export PYTHONUNBUFFERED := 1
 STAGES := ingest dedup pretrain finetune sweep report
 
-.PHONY: setup test test-fast test-slow chaos demo demo-data bench bench-timm lint format clean head head-stop \
+.PHONY: setup test test-fast test-slow chaos demo demo-real demo-data real-data bench bench-timm lint format clean head head-stop \
 	$(addprefix submit-,$(STAGES))
 
 setup: $(STAMP)
@@ -47,6 +47,13 @@ demo: setup
 
 demo-data: setup
 	$(PY) jobs/make_demo_data.py
+
+# The same chain on real photos: Fashion-MNIST from Debian's package (apt-get download, no root).
+demo-real: setup
+	$(PY) jobs/demo.py --config configs/fashion_mnist.yaml
+
+real-data: setup
+	$(PY) jobs/make_real_data.py
 
 # One stage as a Ray job on a running cluster (infra/README.md: from `ray up` on), e.g.
 #   make submit-pretrain ARGS="--config configs/pretrain/nfnet_f7plus.yaml run.dir=gs://B/runs/f7p"

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ft = s["finetune"]
     print(f"\ndemo: done in {s['minutes']:.1f} min. Best sweep point {s['best_point']};"
           f" fine-tuned top-1 {ft['heldout_top1']:.3f} at {ft['eval_resolution']} px.")  # fmt: skip
-    print(f"report:  {s['report']}  (results {s['results']}, dedup audit {s['duplicates']})")
+    audit = f", dedup audit {s['duplicates']}" if s["duplicates"] else ""
+    print(f"report:  {s['report']}  (results {s['results']}{audit})")
     print(f"MLflow:  .venv/bin/mlflow ui --backend-store-uri {s['mlflow_uri']} --host 127.0.0.1"
           " --port 5000   then open http://127.0.0.1:5000")  # fmt: skip
     return 0

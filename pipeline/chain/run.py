@@ -21,7 +21,20 @@ from pathlib import Path
 from pipeline import workdir
 from pipeline.chain.config import ChainConfig
 from pipeline.config import UserError, build_config, deep_merge
-from pipeline.data.demo_set import build_demo_data, demo_data_identity, demo_data_ready
+from pipeline.data.demo_set import (
+    DemoDataConfig,
+    build_demo_data,
+    demo_data_identity,
+    demo_data_ready,
+)
+from pipeline.data.fashion_mnist import (
+    FashionMnistConfig,
+    build_fashion_mnist,
+    fashion_mnist_ready,
+)
+from pipeline.data.fashion_mnist import (
+    identity as fashion_mnist_identity,
+)
 from pipeline.data.manifest import manifest_path
 from pipeline.dedup.job import DedupJobConfig, run_dedup
 from pipeline.scaling.job import ReportJobConfig, run_report
@@ -39,12 +52,13 @@ class Chain:
     def __init__(self, cfg: ChainConfig) -> None:
         self.cfg = cfg
         workdir.check_output("out", cfg.out)
-        workdir.check_output("data.out", cfg.data.out)
+        workdir.check_output("real.out" if cfg.real else "data.out", self.data_config.out)
         self.out = Path(cfg.out).resolve()
-        self.data = Path(cfg.data.out).resolve()
+        self.data = Path(self.data_config.out).resolve()
         self.kept = self.out / "dedup"
         shards = self.data / "shards"
-        data = {"train": str(self.kept), "train_prefix": "pool",
+        train = (shards / "train", "train") if cfg.real else (self.kept, "pool")
+        data = {"train": str(train[0]), "train_prefix": train[1],
                 "val": str(shards / "val"), "val_prefix": "val"}  # fmt: skip
         sweep = deep_merge(read_config_yaml(cfg.sweep_config), cfg.sweep)
         sweep = deep_merge(sweep, {"sweep": {"dir": str(self.out / "sweep")},
@@ -55,6 +69,26 @@ class Chain:
         first = self.sweep.sweep.models[0]  # checked now with a stand-in for the best point
         self.finetune_config(PointResult(status="finished", point=first, model=first,
                                          run_dir=str(self.out)), "", "")  # fmt: skip
+
+    @property
+    def data_config(self) -> DemoDataConfig | FashionMnistConfig:
+        return self.cfg.real or self.cfg.data
+
+    def data_identity(self) -> dict:
+        real = self.cfg.real
+        return (
+            demo_data_identity(self.cfg.data)
+            if real is None
+            else {"fashion_mnist": fashion_mnist_identity(real)}
+        )
+
+    def data_ready(self) -> bool:
+        real = self.cfg.real
+        return demo_data_ready(self.cfg.data) if real is None else fashion_mnist_ready(real)
+
+    def build_data(self) -> None:
+        real = self.cfg.real
+        build_demo_data(self.cfg.data) if real is None else build_fashion_mnist(real)
 
     def finetune_config(self, best: PointResult, uri: str, parent: str) -> FinetuneConfig:
         """The fine-tune of the best point, in its own directory: another best point (a changed
@@ -76,23 +110,26 @@ def run_chain(cfg: ChainConfig) -> dict:
     first = chain.sweep.sweep
     started = time.perf_counter()
 
-    source, wanted = chain.out / "chain_source.json", demo_data_identity(cfg.data)
+    source, wanted = chain.out / "chain_source.json", chain.data_identity()
     if source.exists() and json.loads(source.read_text()) != wanted:
         raise UserError(
             f"{chain.out} was built from other demo data (another data config or generator);"
             f" expected the same, or a new out= (or remove {chain.out}) to start afresh"
         )
-    t = _stage(1, "demo data -> shards")
-    if not demo_data_ready(cfg.data):  # ingest's tasks, then the training runs, share one Ray
+    t = _stage(1, "fashion-mnist -> shards" if cfg.real else "demo data -> shards")
+    if not chain.data_ready():  # ingest's tasks, then the training runs, share one Ray
         init_ray(sweep.config(Point(first.models[0], first.epochs[0], first.lr_multipliers[0])))
-    build_demo_data(cfg.data)
-    log.info(f"demo data: {time.perf_counter() - t:.0f}s")
+    chain.build_data()
+    log.info(f"data: {time.perf_counter() - t:.0f}s")
     chain.out.mkdir(parents=True, exist_ok=True)
     source.write_text(json.dumps(wanted))  # what every later stage here was built from
 
     t = _stage(2, "dedup against the reference set")
     audit = chain.kept / "duplicates.jsonl"
-    if audit.exists() and Path(manifest_path(str(chain.kept), "pool")).exists():
+    if cfg.real:
+        audit = None
+        log.info("dedup: fashion-mnist has no reference set; its train split is the pool")
+    elif audit.exists() and Path(manifest_path(str(chain.kept), "pool")).exists():
         log.info(f"dedup: done before -> {audit}")
     else:
         shards = chain.data / "shards"
@@ -122,7 +159,7 @@ def run_chain(cfg: ChainConfig) -> dict:
                                      mlflow_uri=outcome.tracking_uri))  # fmt: skip
     summary = {
         "report": str(report / "report.html"), "results": outcome.results,
-        "duplicates": str(audit), "best_point": best.point,
+        "duplicates": str(audit) if audit else None, "best_point": best.point,
         "finetune": tuned.model_dump(include={"heldout_top1", "heldout_top5", "heldout_loss",
                                               "resolution", "eval_resolution", "run_dir"}),
         "parametric": doc["parametric"], "mlflow_uri": outcome.tracking_uri,

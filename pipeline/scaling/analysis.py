@@ -20,6 +20,7 @@ from pipeline.scaling.bootstrap import CI_PERCENTILES, Bootstrap, bootstrap_para
 from pipeline.scaling.frontier import FrontierFit, bootstrap_frontier, fit_frontier
 from pipeline.scaling.lr_trend import LrTrend, best_per_point, fit_lr_trend
 from pipeline.scaling.parametric import HUBER_DELTA, NAMES, ParametricFit, fit_parametric
+from pipeline.scaling.reliability import assess, headline
 from pipeline.scaling.table import RunTable
 
 MIN_ROWS = len(NAMES) + 1  # the parametric fit's 5 coefficients, plus one
@@ -85,7 +86,7 @@ def analyse(table: RunTable, *, n_boot: int = 200, seed: int = 0) -> ScalingAnal
     grid = np.geomspace(c.min(), c.max(), 64)
     fboot = bootstrap_frontier(c, loss, n, d, grid, n_boot=n_boot, seed=seed) if n_boot else {}
     trend = None
-    if has_lr:
+    if has_lr and np.unique(table.lr).size > 1:  # one LR everywhere: no trend to fit
         trend = fit_lr_trend(
             table.params, table.data, table.compute, table.loss, table.lr, table.epochs
         )
@@ -175,3 +176,12 @@ def summary(a: ScalingAnalysis) -> dict:
         "frontier": _frontier_dict(a),
         "lr_trend": None if a.lr_trend is None else a.lr_trend.to_dict(),
     }
+
+
+def assess_fit(a: ScalingAnalysis, doc: dict) -> dict:
+    """fit.json's ``reliability`` and ``headline`` for `doc` (the JSON-safe ``summary(a)``)."""
+    t, rows = a.table, a.fit_rows
+    budgets = t.epochs[rows] if t.epochs is not None else t.data[rows]
+    models, budgets = np.unique(t.params[rows]).size, np.unique(budgets).size
+    reliability = assess(doc, models, budgets, float(t.loss[rows].min()))
+    return {"reliability": reliability, "headline": headline(doc)}

@@ -85,5 +85,6 @@ def bootstrap_parametric(
     f = np.where(np.isfinite(f), f, np.inf).reshape(n_boot, per)
     best = x.reshape(n_boot, per, 5)[np.arange(n_boot), np.argmin(f, axis=1)]
     a, b, e, alpha, beta = best.T
-    samples = np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta], axis=1)
+    with np.errstate(over="ignore"):  # a diverged resample's A or B: inf, its interval None
+        samples = np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta], axis=1)
     return Bootstrap(samples=samples, seed=seed)

@@ -13,7 +13,7 @@ import fsspec
 from pydantic import Field, model_validator
 
 from pipeline.config import Section, UserError
-from pipeline.scaling.analysis import analyse, summary
+from pipeline.scaling.analysis import analyse, assess_fit, summary
 from pipeline.scaling.plots import write_figures
 from pipeline.scaling.report import write_reports
 from pipeline.scaling.table import Columns, read_table
@@ -65,6 +65,7 @@ def run_report(cfg: ReportJobConfig) -> dict:
     table = read_table(cfg.results, cfg.columns(), cfg.drop_highest_loss)
     analysis = analyse(table, n_boot=cfg.bootstrap, seed=cfg.seed)
     doc = json_safe(summary(analysis))
+    doc |= assess_fit(analysis, doc)
     fs, root = fsspec.core.url_to_fs(cfg.out)
     with tempfile.TemporaryDirectory(prefix="nfscale-report-") as tmp:
         out = Path(cfg.out) if is_local(fs) else Path(tmp)  # a remote folder: written, then put
@@ -73,8 +74,8 @@ def run_report(cfg: ReportJobConfig) -> dict:
         except OSError as e:
             raise UserError(f"cannot create output folder {cfg.out!r}: {e.strerror}") from None
         (out / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-        figures = write_figures(analysis, out)
-        write_reports(analysis, doc, figures, out)
+        figures, omitted = write_figures(analysis, out)
+        write_reports(analysis, doc, figures, out, omitted)
         if cfg.mlflow_run_id:
             log_report_dir(out, cfg.mlflow_run_id, tracking_uri=cfg.mlflow_uri)
         if not is_local(fs):

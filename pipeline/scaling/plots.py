@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import LogNorm
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -33,7 +33,9 @@ def _figure(panels: int = 1) -> tuple[Figure, list]:
 
 def _save(fig: Figure, path: Path) -> None:
     """Log axes spanning under two decades get 1-2-5 (under one: 1..9) ticks in plain numbers: the
-    default labels every minor tick there in scientific notation, which overlaps. A log axis over
+    default labels every minor tick there in scientific notation, which overlaps; wider ones
+    are labelled at decades only (the default also labels minor ticks up to a few decades:
+    "8e+19e+10e+11"). A log axis over
     one value (e.g. N of a one-model frontier) gets a factor 1.5 either side: matplotlib's own
     margin there is float noise, and its ticks then swamp the layout."""
     for ax in fig.axes:
@@ -47,6 +49,10 @@ def _save(fig: Figure, path: Path) -> None:
                 subs = np.arange(1.0, 10.0) if span < 10 else (1.0, 2.0, 5.0)
                 axis.set_major_locator(LogLocator(subs=subs))
                 axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+                axis.set_minor_formatter(NullFormatter())
+            elif (
+                axis.get_scale() == "log"
+            ):  # decades only: labelled minor ticks crowd a few decades
                 axis.set_minor_formatter(NullFormatter())
     fig.savefig(path, dpi=110)
 
@@ -67,7 +73,8 @@ def _colours(fig: Figure, ax: Axes, models: list) -> tuple[list, bool]:
     """A colour per model by log N; a legend when few models, else a colour bar."""
     sizes = np.array([m[2] for m in models])
     norm = LogNorm(sizes.min(), max(sizes.max(), sizes.min() * 1.0001))
-    cmap = matplotlib.colormaps["viridis"]
+    # viridis without its pale-yellow top, which a thin line on white hides
+    cmap = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, 256)))
     legend = len(models) <= MAX_LEGEND_MODELS
     if not legend:
         fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label="params N")
@@ -149,22 +156,33 @@ def _trend(
     ax.legend(fontsize="small")
 
 
-def plot_optimal(a: ScalingAnalysis, path: Path) -> None:
-    """Compute-optimal model size and epoch (or data) budget versus compute."""
+def plot_optimal(a: ScalingAnalysis, path: Path) -> list[str]:
+    """Compute-optimal model size and epoch (or data) budget versus compute; a panel whose
+    frontier runs share one value is left out (a sentence says why). Returns those sentences;
+    nothing is written when both are left out."""
     t, f, rows = a.table, a.frontier, a.frontier_rows
-    fig, (ax, ax2) = _figure(2)
     c = t.compute[rows]
-    _trend(ax, c, t.params[rows], f.params_opt, "frontier runs", "N_opt", "C")
-    ax.set_xlabel("compute C")
-    ax.set_ylabel("params N of the frontier run")
-    if t.epochs is not None:
-        _trend(ax2, c, t.epochs[rows], f.epochs_opt, "frontier runs", "epochs_opt", "C")
-        ax2.set_ylabel("epoch budget of the frontier run")
-    else:
-        _trend(ax2, c, t.data[rows], f.data_opt, "frontier runs", "D_opt", "C")
-        ax2.set_ylabel(f"data D of the frontier run ({t.data_source})")
-    ax2.set_xlabel("compute C")
+    budget = ("epochs_opt", "epoch budget of the frontier run", t.epochs, f.epochs_opt)
+    if t.epochs is None:
+        budget = ("D_opt", f"data D of the frontier run ({t.data_source})", t.data, f.data_opt)
+    panels, omitted = [], []
+    for name, label, values, law in (("N_opt", "params N of the frontier run", t.params,
+                                      f.params_opt), budget):  # fmt: skip
+        y = values[rows]
+        if np.unique(y).size < 2:
+            omitted.append(f"No {name} trend: every frontier run has {label.split(' of ')[0]}"
+                           f" {y[0]:.4g}.")  # fmt: skip
+        else:
+            panels.append((name, label, y, law))
+    if not panels:
+        return omitted
+    fig, axes = _figure(len(panels))
+    for ax, (name, label, y, law) in zip(axes, panels, strict=True):
+        _trend(ax, c, y, law, "frontier runs", name, "C")
+        ax.set_xlabel("compute C")
+        ax.set_ylabel(label)
     _save(fig, path)
+    return omitted
 
 
 def plot_lr(a: ScalingAnalysis, path: Path) -> None:
@@ -183,14 +201,24 @@ def plot_lr(a: ScalingAnalysis, path: Path) -> None:
     _save(fig, path)
 
 
-def write_figures(a: ScalingAnalysis, out: Path) -> list[tuple[str, str]]:
-    """All figures that the data allows, as (file name, caption)."""
-    figures = [("loss_vs_compute.png", "Held-out loss vs compute", plot_loss_vs_compute)]
+def write_figures(a: ScalingAnalysis, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """The figures that carry information, as (file name, caption), and a sentence for each one
+    left out."""
+    figures, omitted = [("loss_vs_compute.png", "Held-out loss vs compute")], []
+    plot_loss_vs_compute(a, out / "loss_vs_compute.png")
     if a.parametric is not None:
-        figures.append(("parametric.png", "Approach-3 parametric fit", plot_parametric))
-    figures.append(("optimal.png", "Compute-optimal model size and budget", plot_optimal))
+        plot_parametric(a, out / "parametric.png")
+        figures.append(("parametric.png", "Approach-3 parametric fit"))
+    else:
+        omitted.append(f"No Approach-3 figure: {a.parametric_skipped}.")
+    left_out = plot_optimal(a, out / "optimal.png")
+    omitted += left_out
+    if len(left_out) < 2:  # one of its two panels at least
+        figures.append(("optimal.png", "Compute-optimal model size and budget"))
     if a.lr_trend is not None:
-        figures.append(("lr.png", "Best learning rate vs budget", plot_lr))
-    for name, _, plot in figures:
-        plot(a, out / name)
-    return [(name, caption) for name, caption, _ in figures]
+        plot_lr(a, out / "lr.png")
+        figures.append(("lr.png", "Best learning rate vs budget"))
+    elif a.table.lr is not None:
+        lrs = np.unique(a.table.lr)
+        omitted.append(f"No learning-rate figure: every run used one learning rate ({lrs[0]:.4g}).")
+    return figures, omitted

@@ -28,7 +28,7 @@ def _law_rows(doc: dict) -> list[list[str]]:
     the parametric fit was skipped."""
     p = doc["parametric"]
     if "skipped" in p:
-        return [["parametric L(N, D)", f"skipped: {p['skipped']}", "-"], *_frontier_rows(doc)]
+        return [["parametric L(N, D)", "skipped (see above)", "-"], *_frontier_rows(doc)]
     rows = [[f"parametric {n}", _num(p[n]["value"]), _ci(p[n]["ci95"])] for n in NAMES]
     for key, label in (("params_exponent", "N_opt ~ C^x"), ("data_exponent", "D_opt ~ C^x")):
         q = p["allocation_if_compute_prop_to_ND"][key]
@@ -118,16 +118,35 @@ def _notes(doc: dict) -> list[str]:
     ]
 
 
+def _verdict(doc: dict) -> str | None:
+    """The warning a reader must see first, or None for a fit without a flag."""
+    r = doc.get("reliability")
+    if not r or not r["unreliable"]:
+        return None
+    return ("Unreliable fit: " + "; ".join(r["reasons"]) + ". Read the coefficients below as a"
+            " description of these runs, not as a scaling law.")  # fmt: skip
+
+
 def write_reports(
-    a: ScalingAnalysis, doc: dict, figures: list[tuple[str, str]], out: Path
+    a: ScalingAnalysis,
+    doc: dict,
+    figures: list[tuple[str, str]],
+    out: Path,
+    omitted: list[str] = (),
 ) -> tuple[Path, Path]:
-    """Write report.md and report.html into ``out``; returns their paths."""
+    """Write report.md and report.html into ``out``; returns their paths. `omitted`: a sentence
+    per figure left out because it would carry no information."""
     laws = _law_rows(doc)
     head, runs = _run_rows(a)
     law_head = ["quantity", "value", "95% CI"]
-    md = ["# Scaling-law fit", "", *(f"- {n}" for n in _notes(doc)), "", "## Coefficients", ""]
+    verdict, result = _verdict(doc), doc.get("headline", [])
+    md = ["# Scaling-law fit", ""]
+    md += [f"**{verdict}**", ""] if verdict else []
+    md += [line for r in result for line in (r, "")]
+    md += [*(f"- {n}" for n in _notes(doc)), "", "## Coefficients", ""]
     md += [_md_table(law_head, laws), "", "## Figures", ""]
     md += [f"![{cap}]({name})\n" for name, cap in figures]
+    md += [f"- {o}" for o in omitted] + ([""] if omitted else [])
     md += ["## Runs", "", _md_table(head, runs), ""]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md))
@@ -138,6 +157,10 @@ def write_reports(
         f"<figcaption>{html.escape(cap)}</figcaption></figure>"
         for name, cap in figures
     )
+    top = f'<p class="verdict">{html.escape(verdict)}</p>\n' if verdict else ""
+    top += "".join(f"<p>{html.escape(line)}</p>\n" for line in result)
+    left_out = "".join(f"<li>{html.escape(o)}</li>" for o in omitted)
+    imgs += f"\n<ul>{left_out}</ul>" if left_out else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Scaling-law fit</title>
 <style>
@@ -145,10 +168,11 @@ body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; font-size: 0.85em; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 img {{ max-width: 100%; }}
+.verdict {{ background: #fff3cd; border: 1px solid #d9a300; padding: 0.6em 1em; }}
 </style></head>
 <body>
 <h1>Scaling-law fit</h1>
-<ul>{notes}</ul>
+{top}<ul>{notes}</ul>
 <h2>Coefficients</h2>
 {_html_table(law_head, laws)}
 <h2>Figures</h2>

@@ -20,12 +20,14 @@ preempted lane hands its point back and ends; the driver starts another lane for
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import time
 from collections import deque
 
 import ray
+import torch
 import torch.distributed as dist
 
 from pipeline.process import setup_process
@@ -43,6 +45,7 @@ class PointQueue:
         self.items: deque[dict] = deque()  # {"name", "config", "serial"}
         self.inflight: dict[str, dict] = {}  # lane -> item (with "started")
         self.results: deque[dict] = deque()
+        self.lane_starts: dict[str, float] = {}  # a lane's first point's wall includes its start
         self.closed = False
         self.serial = 0
         self.changed = asyncio.Condition()
@@ -56,6 +59,9 @@ class PointQueue:
         self.items.append({"name": name, "config": config, "serial": self.serial})
         await self._notify()
 
+    async def lane_started(self, lane: str) -> None:
+        self.lane_starts[lane] = time.monotonic()
+
     async def next(self, lane: str, last: int | None) -> dict | None:
         """The lane's point in flight unless this rank has run it (`last`: that point's serial),
         else the next point, or None once the queue is closed and empty."""
@@ -65,7 +71,8 @@ class PointQueue:
                 if item is not None and item["serial"] != last:
                     return item
                 if item is None and self.items:
-                    item = self.items.popleft() | {"started": time.monotonic()}
+                    started = self.lane_starts.pop(lane, None) or time.monotonic()
+                    item = self.items.popleft() | {"started": started}
                     self.inflight[lane] = item
                     self.changed.notify_all()
                     return item
@@ -124,7 +131,9 @@ def lane_worker(config: dict) -> None:
         ctx = context.from_ray(cfg.cluster.use_gpu, cfg.run.dir, cfg.train.checkpoint.keep)
         setup_process(ctx.rank)
         log.info(f"{lane}: {item['name']} is point {n} on these workers")  # rank 0's shown
-        outcome = Trainer(cfg, ctx).run()
+        trainer = Trainer(cfg, ctx)
+        outcome = trainer.run()
+        _release(trainer)
         last = item["serial"]
         if dist.is_initialized():
             dist.barrier()  # rank 0's records (summary, stop reason) are written
@@ -134,6 +143,18 @@ def lane_worker(config: dict) -> None:
             return  # Ray places the next lane away from the drained node
         if ctx.rank == 0:
             ray.get(queue.done.remote(lane, outcome))
+
+
+def _release(trainer) -> None:
+    """The point's engine, optimizer state and EMA go before the next point builds its own (on
+    a GPU: its memory back to the allocator, not held beside the next model's)."""
+    engine = getattr(trainer, "engine", None)
+    if engine is not None and hasattr(engine.engine, "destroy"):
+        engine.engine.destroy()  # DeepSpeed's hooks and buffers
+    del trainer, engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_lane(config: dict, queue, lane: str, storage: str) -> str | None:

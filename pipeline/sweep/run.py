@@ -134,9 +134,12 @@ class _Lanes:
 
     def fill(self, outstanding: int) -> None:
         """As many lanes as points to run, up to the limit."""
+        import ray
+
         while len(self.running) < min(self.limit, outstanding):
             lane = f"lane{self.started}"
             self.started += 1
+            ray.get(self.queue.lane_started.remote(lane))
             ref = self.task.remote(self.first, self.queue, lane, f"{self.dir}/lanes/{lane}")
             self.running[ref] = lane
 

@@ -116,6 +116,12 @@ def test_demo_chain_killed_mid_sweep_then_rerun_produces_every_artefact(tmp_path
     report = runs / "report"
     assert (report / "report.html").exists() and (report / "fit.json").exists()
     assert {"loss_vs_compute.png"} <= {p.name for p in report.glob("*.png")}
+    reliability = json.loads((report / "fit.json").read_text())["reliability"]
+    assert reliability["unreliable"]  # 2 sizes x 2 budgets cannot carry a law: flagged, and why
+    assert reliability["reasons"][:2] == [
+        "2 model sizes: too few to fit an exponent on (3 or more needed)",
+        "2 budgets: too few to fit an exponent on (3 or more needed)"]  # fmt: skip
+    assert "Unreliable fit: 2 model sizes" in (report / "report.html").read_text()
     assert "report:" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
     from mlflow.tracking import MlflowClient
 

@@ -82,6 +82,11 @@ def test_cli_on_a_sweep_table(tmp_path, sweep_csv):
         p.name for p in out.glob("*.png")
     }
     assert "| s | 2e+07 |" in (out / "report.md").read_text()  # the runs table
+    # 4 sizes x 6 budgets of a known law: trusted, and said in words first
+    assert doc["reliability"] == {"unreliable": False, "reasons": []}, doc["reliability"]
+    head = (out / "report.md").read_text().split("Source:")[0]
+    assert "Unreliable" not in head and "Compute-optimal model size grows as C^" in head
+    assert "over 3.0 decades of compute, carried by 15 frontier points of 24" in head
 
 
 def test_cli_on_a_small_sweep_skips_the_parametric_fit(tmp_path):
@@ -107,10 +112,17 @@ def test_cli_on_a_small_sweep_skips_the_parametric_fit(tmp_path):
     assert "4 usable (N, D) point(s)" in reason and "2 model size(s) and 2 data size(s)" in reason
     assert "at least 6" in reason
     assert doc["table"]["points_fitted"] == 4 and doc["frontier"]["points"] >= 2
-    assert doc["frontier"]["law"] is not None and doc["lr_trend"]["points"] == 4
+    assert doc["frontier"]["law"] is not None and doc["lr_trend"] is None  # one LR: no trend
+    assert doc["reliability"] == {"unreliable": True, "reasons": [
+        "2 model sizes: too few to fit an exponent on (3 or more needed)",
+        "2 budgets: too few to fit an exponent on (3 or more needed)",
+        f"no parametric fit: {reason}"]}  # fmt: skip
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     for text in (md, page):
         assert f"skipped: {reason}" in text and "parametric.png" not in text
+        assert "Unreliable fit: 2 model sizes: too few" in text.split("Source:")[0]  # on top
+        assert "No learning-rate figure: every run used one learning rate (1.6)." in text
+        assert "falls as C^-" in text.split("Source:")[0]  # the result in words, then the rest
     assert "| model | params | epochs | lr | data | compute | loss | fitted | frontier |" in md
     images = re.findall(r'<img src="([^"]+)"', page)
     assert "loss_vs_compute.png" in images and all((out / name).is_file() for name in images)
