@@ -133,7 +133,11 @@ def lane_worker(config: dict) -> None:
         log.info(f"{lane}: {item['name']} is point {n} on these workers")  # rank 0's shown
         trainer = Trainer(cfg, ctx)
         outcome = trainer.run()
-        _release(trainer)
+        _destroy_engine(trainer)
+        del trainer  # the point's model, optimizer state and EMA go before the next builds its own
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # on a GPU: memory back to the allocator, not held beside it
         last = item["serial"]
         if dist.is_initialized():
             dist.barrier()  # rank 0's records (summary, stop reason) are written
@@ -145,16 +149,11 @@ def lane_worker(config: dict) -> None:
             ray.get(queue.done.remote(lane, outcome))
 
 
-def _release(trainer) -> None:
-    """The point's engine, optimizer state and EMA go before the next point builds its own (on
-    a GPU: its memory back to the allocator, not held beside the next model's)."""
+def _destroy_engine(trainer) -> None:
+    """DeepSpeed's hooks and buffers of the point's engine (none when setup stopped early)."""
     engine = getattr(trainer, "engine", None)
     if engine is not None and hasattr(engine.engine, "destroy"):
-        engine.engine.destroy()  # DeepSpeed's hooks and buffers
-    del trainer, engine
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        engine.engine.destroy()
 
 
 def run_lane(config: dict, queue, lane: str, storage: str) -> str | None:
