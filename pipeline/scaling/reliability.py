@@ -84,6 +84,9 @@ def _frontier_reasons(doc: dict) -> list[str]:
                          {"value": trend["exponent"], "ci95": trend["exponent_ci95"]})  # fmt: skip
             if wide:
                 out.append(wide)
+    if len({r["params"] for r in runs}) == 1 and len(runs) > 1:
+        out.append(f"every frontier point has one model size ({_fmt(runs[0]['params'])}): the"
+                   " compute-optimal size cannot be fitted")  # fmt: skip
     law = f["law"]
     if law is None:
         out.append(f"no frontier law: {len(runs)} frontier point(s)")
@@ -131,10 +134,16 @@ def headline(doc: dict) -> list[str]:
             )
         else:
             lines.append(f"{len(runs)} frontier point(s) over {decades:.1f} decades of compute.")
-    budget = ("epochs_opt", "epoch budget") if f.get("epochs_opt") else ("data_opt", "data")
-    for key, what in (("params_opt", "model size"), budget):
+    budget = (
+        ("epochs_opt", "epoch budget", "epochs")
+        if f.get("epochs_opt")
+        else ("data_opt", "data", "data")
+    )
+    for key, what, field in (("params_opt", "model size", "params"), budget):
         law = f.get(key)
-        if law is not None and law["exponent"] is not None:
+        if len({r.get(field) for r in runs}) == 1:
+            lines.append(f"Every frontier point has one {what} ({_fmt(runs[0][field])}): no trend.")
+        elif law is not None and law["exponent"] is not None:
             ci = law["exponent_ci95"]
             band = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and None not in ci else ""
             lines.append(f"Compute-optimal {what} grows as C^{_fmt(law['exponent'])}{band}.")
