@@ -32,7 +32,7 @@ def _figure(panels: int = 1) -> tuple[Figure, list]:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    """Log axes spanning under two decades get 1-2-5 (under one: 1..9) ticks in plain numbers: the
+    """Log axes spanning under two decades get 1-2-5 (under 3x: 1..9) ticks in plain numbers: the
     default labels every minor tick there in scientific notation, which overlaps; wider ones
     are labelled at decades only (the default also labels minor ticks up to a few decades:
     "8e+19e+10e+11"). A log axis over
@@ -46,7 +46,7 @@ def _save(fig: Figure, path: Path) -> None:
                 set_lim(min(lim) / 1.5, max(lim) * 1.5)
                 span = 1.5**2
             if axis.get_scale() == "log" and span < 100:
-                subs = np.arange(1.0, 10.0) if span < 10 else (1.0, 2.0, 5.0)
+                subs = np.arange(1.0, 10.0) if span < 3 else (1.0, 2.0, 5.0)  # 1..9 crowd past 3x
                 axis.set_major_locator(LogLocator(subs=subs))
                 axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
                 axis.set_minor_formatter(NullFormatter())
@@ -105,6 +105,9 @@ def plot_loss_vs_compute(a: ScalingAnalysis, path: Path) -> None:
         if curves is not None and len(curves) >= 2:
             lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
             ax.fill_between(grid, lo, hi, color="crimson", alpha=0.15, lw=0)
+    # The runs set the view: a band from degenerate resamples would otherwise squash them flat.
+    shown = t.loss[np.concatenate([m[1] for m in models])]
+    ax.set_ylim(shown.min() / 1.08, shown.max() * 1.08)
     ax.set_xlabel(f"compute C ({t.compute_source})")
     ax.set_ylabel("held-out loss")
     ax.set_title("loss vs compute: runs, frontier, fitted laws (95% bootstrap band)")
