@@ -46,7 +46,9 @@ class ParametricFit:
     @property
     def x(self) -> np.ndarray:
         """The optimiser's parameters (a, b, e, alpha, beta)."""
-        return np.array([np.log(self.A), np.log(self.B), np.log(self.E), self.alpha, self.beta])
+        # A coefficient that underflowed to 0 (E at its bound) starts refits from a finite log.
+        a, b, e = np.log(np.maximum([self.A, self.B, self.E], np.finfo(float).tiny))
+        return np.array([a, b, e, self.alpha, self.beta])
 
     @classmethod
     def from_x(cls, x: np.ndarray, objective: float, rows: int) -> ParametricFit:
