@@ -87,8 +87,10 @@ class Chain:
         return demo_data_ready(self.cfg.data) if real is None else fashion_mnist_ready(real)
 
     def build_data(self) -> None:
-        real = self.cfg.real
-        build_demo_data(self.cfg.data) if real is None else build_fashion_mnist(real)
+        if self.cfg.real is None:
+            build_demo_data(self.cfg.data)
+        else:
+            build_fashion_mnist(self.cfg.real)
 
     def finetune_config(self, best: PointResult, uri: str, parent: str) -> FinetuneConfig:
         """The fine-tune of the best point, in its own directory: another best point (a changed

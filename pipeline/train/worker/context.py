@@ -1,8 +1,9 @@
 """Where a trainer runs: its rank, its device, and where its checkpoints come from and go to.
 
 `from_ray()` is the production one (a Ray Train worker; the ranks register a checkpoint once
-every rank's part has arrived, and find the latest complete one on a restart: `registry`). Tests build a
-`WorkerContext` of their own (`pipeline.testing.local`) to run the same trainer without Ray.
+every rank's part has arrived, and find the latest complete one on a restart: `registry`).
+Tests build a `WorkerContext` of their own (`pipeline.testing.local`) to run the same trainer
+without Ray.
 """
 
 from __future__ import annotations
