@@ -143,15 +143,17 @@ class _Lanes:
             ref = self.task.remote(self.first, self.queue, lane, f"{self.dir}/lanes/{lane}")
             self.running[ref] = lane
 
-    def next_outcome(self) -> dict:
-        """The next point's outcome; a lane that ended first fails the point it had."""
+    def next_outcome(self, outstanding: int) -> dict:
+        """The next of `outstanding` points' outcomes; a lane that ended first fails the point
+        it had (or handed it back, preempted), and another lane takes the rest."""
         import ray
 
         while True:
+            self.fill(outstanding)
             if self.result is None:
                 self.result = self.queue.result.remote()
             (ref,), _ = ray.wait([self.result, *self.running], num_returns=1)
-            if ref is self.result:
+            if ref == self.result:
                 self.result = None
                 return ray.get(ref)
             lane = self.running.pop(ref)
@@ -165,7 +167,8 @@ class _Lanes:
         import ray
 
         ray.get(self.queue.close.remote())
-        ray.wait(list(self.running), num_returns=len(self.running), timeout=120)
+        if self.running:
+            ray.wait(list(self.running), num_returns=len(self.running), timeout=120)
 
 
 def run_sweep(cfg: SweepConfig) -> SweepOutcome:
@@ -199,8 +202,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
             log.info(f"sweep: {p.name} queued")
         if not waiting:
             break
-        lanes.fill(len(waiting))
-        out = lanes.next_outcome()
+        out = lanes.next_outcome(len(waiting))
         p = waiting.pop(out["name"])
         run_dir = f"{sweep.dir}/runs/{p.name}"
         status, summary, error = out["status"], None, out["error"] or ""
