@@ -30,10 +30,8 @@ from pipeline.data.demo_set import (
 from pipeline.data.fashion_mnist import (
     FashionMnistConfig,
     build_fashion_mnist,
+    fashion_mnist_identity,
     fashion_mnist_ready,
-)
-from pipeline.data.fashion_mnist import (
-    identity as fashion_mnist_identity,
 )
 from pipeline.data.manifest import manifest_path
 from pipeline.dedup.job import DedupJobConfig, run_dedup

@@ -29,6 +29,7 @@ from pipeline.data.demo_images import (
     near_duplicate,
     render,
 )
+from pipeline.data.stamp import stamp_matches
 from pipeline.ingest.run import IngestConfig, ingest
 
 log = logging.getLogger(__name__)
@@ -103,11 +104,7 @@ def demo_data_identity(cfg: DemoDataConfig) -> dict:
 
 def demo_data_ready(cfg: DemoDataConfig) -> bool:
     """True when cfg.out holds demo data built from this config by this generator."""
-    stamp = Path(cfg.out) / "demo_data.json"
-    if not stamp.exists():
-        return False
-    built = json.loads(stamp.read_text())
-    return {k: built.get(k) for k in demo_data_identity(cfg)} == demo_data_identity(cfg)
+    return stamp_matches(Path(cfg.out) / "demo_data.json", demo_data_identity(cfg))
 
 
 def build_demo_data(cfg: DemoDataConfig) -> Path:

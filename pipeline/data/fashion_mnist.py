@@ -27,6 +27,7 @@ from PIL import Image
 from pydantic import Field
 
 from pipeline.config import Section, UserError
+from pipeline.data.stamp import stamp_matches
 from pipeline.ingest.run import IngestConfig, ingest
 
 log = logging.getLogger(__name__)
@@ -112,18 +113,14 @@ def _write_split(images: np.ndarray, labels: np.ndarray, keep: np.ndarray, folde
         (folder / CLASSES[labels[i]] / f"{i:05d}.jpg").write_bytes(buf.getvalue())
 
 
-def identity(cfg: FashionMnistConfig) -> dict:
+def fashion_mnist_identity(cfg: FashionMnistConfig) -> dict:
     return {"train_per_class": cfg.train_per_class, "val_per_class": cfg.val_per_class,
             "format": FORMAT}  # fmt: skip
 
 
 def fashion_mnist_ready(cfg: FashionMnistConfig) -> bool:
     """True when cfg.out holds shards built with these settings."""
-    stamp = Path(cfg.out) / "fashion_mnist.json"
-    if not stamp.exists():
-        return False
-    built = json.loads(stamp.read_text())
-    return {k: built.get(k) for k in identity(cfg)} == identity(cfg)
+    return stamp_matches(Path(cfg.out) / "fashion_mnist.json", fashion_mnist_identity(cfg))
 
 
 def build_fashion_mnist(cfg: FashionMnistConfig) -> Path:
@@ -147,7 +144,7 @@ def build_fashion_mnist(cfg: FashionMnistConfig) -> Path:
                                        output=str(root / "shards" / split), prefix=split,
                                        shard_bytes=2**20, parallel=cfg.parallel_ingest))  # fmt: skip
         counts[split] = manifest.num_samples
-    stamp.write_text(json.dumps({**identity(cfg), "samples": counts}, indent=1))
+    stamp.write_text(json.dumps({**fashion_mnist_identity(cfg), "samples": counts}, indent=1))
     log.info(f"fashion-mnist: {counts['train']} train, {counts['val']} held-out photos,"
              f" {len(CLASSES)} classes, {time.perf_counter() - start:.0f}s -> {root}")  # fmt: skip
     return root
