@@ -2,7 +2,10 @@
 
 Two gloo ranks run a DeepSpeed engine (our build_engine) for several steps with gradient
 accumulation; one process runs plain torch SGD on the same global batches with the reference
-AGC. Weights must agree to 1e-5 relative: the sums differ only in floating-point order.
+AGC. Weights must agree to 1e-4 relative (per tensor, to its largest value): the sums differ
+only in floating-point order, which depends on the CPU's kernels (3.8e-6 on one Xeon, 1.03e-5 on
+CI's), while the smallest wrong variant we tried, a clipping threshold 1% off, is 1.1e-2 away and
+AGC per rank before the average is 1.35 away.
 
 One step has a NaN loss on one rank: both ranks skip it, leaving weights and momentum untouched,
 so the run equals the reference that never saw that step (and differs from one that applied a
@@ -94,7 +97,7 @@ def test_zero_agc_matches_single_process_and_skips_a_nonfinite_step(stage, tmp_p
     for name, value in result["params"].items():
         ref = reference[name]
         err = (value - ref).abs().max() / ref.abs().max().clamp_min(1e-12)
-        assert err <= 1e-5, f"{name}: relative error {err:.2e}"
+        assert err <= 1e-4, f"{name}: relative error {err:.2e}"
     initial = engine_model().state_dict()
     moved = sum((reference[n] - initial[n]).abs().sum() for n in result["params"])
     assert moved > 0  # the steps changed the weights: the comparison is not of two initial states

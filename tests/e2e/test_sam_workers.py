@@ -87,6 +87,9 @@ def test_two_workers_ascend_on_their_own_gradients(tmp_path):
     spawn(_worker, WORLD, 2, out)
     result = torch.load(out, weights_only=True)
     own, shared = _reference(shared_ascent=False), _reference(shared_ascent=True)
-    assert _max_relative_error(result, own) <= 1e-5
+    # Floating-point order only: 2.8e-6 on one Xeon; CPUs with other kernels round differently
+    # (test_engine_agc saw 3.8e-6 here and 1.03e-5 on CI), so the bound leaves 10x below the
+    # variant check that follows.
+    assert _max_relative_error(result, own) <= 1e-4
     # The test can tell the variants apart: averaging the ascent moves the weights far more.
     assert _max_relative_error(shared, own) > 1e-3
