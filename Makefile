@@ -11,7 +11,7 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 export PYTHONUNBUFFERED := 1
 STAGES := ingest dedup pretrain finetune sweep report
 
-.PHONY: setup test test-fast test-slow chaos demo demo-real demo-data real-data bench bench-timm lint format clean head head-stop \
+.PHONY: setup test test-fast test-slow chaos demo demo-real demo-data real-data bench timm bench-timm lint format clean head head-stop \
 	$(addprefix submit-,$(STAGES))
 
 setup: $(STAMP)
@@ -26,13 +26,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 # The default suite: every real end-to-end path (Ray + DeepSpeed runs, kill -9 and resume, the
 # demo chain at a reduced size); the slow group (big models, extra ZeRO stages) runs alone.
-test: setup
+test: setup timm
 	$(PY) -m pytest -q -m "not slow" --durations=25
 
-test-fast: setup
+test-fast: setup timm
 	$(PY) -m pytest -q -m "not slow" tests/unit
 
-test-slow: setup
+test-slow: setup timm
 	$(PY) -m pytest -q -m slow
 
 # The long variants of the reliability suite: injected worker kills mid-step and mid-checkpoint
@@ -91,11 +91,16 @@ head-stop:
 bench: setup
 	$(PY) -m benchmarks.run
 
-# timm is not a dependency: install it (no deps) beside the run outputs and compare.
+# timm is not a dependency: installed (no deps, pinned) beside the run outputs, for the
+# equivalence test with DeepMind's NFNets (tests/unit/test_timm_weights.py) and the benchmark.
 TIMM_DIR := runs/bench/timm-pkg
-bench-timm: setup
-	@test -d $(TIMM_DIR)/timm || { $(PIP) --no-deps --target $(TIMM_DIR) timm huggingface_hub $(QUIET_PIP); }
-	PYTHONPATH=$(TIMM_DIR) $(PY) -m benchmarks.run --only timm_nfnet
+TIMM_VERSION := 1.0.31
+timm: setup
+	@test -f $(TIMM_DIR)/timm-$(TIMM_VERSION).dist-info/METADATA || { rm -rf $(TIMM_DIR) && \
+		$(PIP) --no-deps --target $(TIMM_DIR) timm==$(TIMM_VERSION) $(QUIET_PIP); }
+
+bench-timm: timm
+	$(PY) -m benchmarks.run --only timm_nfnet
 
 lint: setup
 	$(VENV)/bin/ruff check .

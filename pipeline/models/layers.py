@@ -33,13 +33,25 @@ def activation_fn(name: str):
     return _ACTIVATIONS[name]
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding of one side (DeepMind's reference): the output is
+    ceil(size / stride), and an odd total pads the extra pixel after, not before."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 class ScaledStdConv2d(nn.Conv2d):
     """Conv2d with Scaled Weight Standardisation.
 
     W_hat = gain * input_scale * (W - mean) / sqrt(N * var + eps), per output channel over the
     fan-in N. ``input_scale`` is a Python constant: the gamma (and beta) of whatever scaled the
     input, folded here so the activation tensor is never multiplied separately.
-    ``eps`` = 1e-4 softly floors N * var the way DeepMind's reference hard-floors it.
+    ``eps`` = 1e-4 softly floors N * var the way DeepMind's reference hard-floors it;
+    ``eps_per_variance`` adds it to var instead (timm's convention: sqrt(var + eps)).
+
+    ``padding="same"`` is TensorFlow's SAME, as DeepMind trained its published NFNets: for a
+    strided conv on an even input it pads one pixel after and none before, where the default
+    (kernel // 2 on both sides) pads both; stride-1 convs are padded alike either way.
 
     Eval cache: in eval mode without autograd the standardised weight is computed once and
     reused. It is rebuilt when weight or gain change through autograd-visible in-place ops
@@ -54,23 +66,30 @@ class ScaledStdConv2d(nn.Conv2d):
         out_channels: int,
         kernel_size: int,
         stride: int = 1,
-        padding: int | None = None,
+        padding: int | str | None = None,
         groups: int = 1,
         bias: bool = True,
         input_scale: float = 1.0,
         eps: float = 1e-4,
+        eps_per_variance: bool = False,
     ) -> None:
-        if padding is None:
-            padding = kernel_size // 2
+        # SAME equals the symmetric kernel // 2 for stride 1 and an odd kernel: only strided
+        # convs pad per input size (in forward).
+        same_pad = padding == "same" and (stride > 1 or kernel_size % 2 == 0)
+        if padding is None or padding == "same":
+            padding = 0 if same_pad else kernel_size // 2
+        elif isinstance(padding, str):
+            raise ValueError(f"padding={padding!r}; expected an int, None or 'same'")
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias
         )
+        self.same_pad = same_pad
         self.gain = nn.Parameter(torch.ones(out_channels))
         self.input_scale = float(input_scale)
         self.fan_in = self.weight[0].numel()
         # batch_norm normalises by sqrt(var + bn_eps); scale so that the result is
         # (W - mean) / sqrt(N * var + eps) with eps on the N * var scale.
-        self._bn_eps = eps / self.fan_in
+        self._bn_eps = eps if eps_per_variance else eps / self.fan_in
         self._out_scale = self.input_scale / math.sqrt(self.fan_in)
         self._eval_cache: tuple[tuple, torch.Tensor] | None = None
 
@@ -110,10 +129,16 @@ class ScaledStdConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         use_cache = not self.training and not torch.is_grad_enabled()
         weight = self._cached_weight() if use_cache else self.standardized_weight()
+        if self.same_pad:
+            (k, _), (s, _) = self.kernel_size, self.stride
+            top, bottom = same_padding(x.shape[-2], k, s)
+            left, right = same_padding(x.shape[-1], k, s)
+            x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", input_scale={self.input_scale:.4g}"
+        same = ", padding=same" if self.same_pad else ""
+        return super().extra_repr() + f", input_scale={self.input_scale:.4g}{same}"
 
 
 def clear_weight_caches(model: nn.Module) -> None:

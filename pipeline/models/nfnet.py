@@ -45,8 +45,21 @@ class NFNetCfg:
     skipinit_init: float = 0.0
     train_res: int = 192
     test_res: int = 256
+    # "same": TensorFlow SAME padding, as DeepMind's published weights were trained (strided
+    # convs pad after only); "symmetric": kernel // 2 on both sides. Same parameters either way.
+    padding: str = "symmetric"
+    ws_eps: float = 1e-4  # weight standardisation: rsqrt(N * var + ws_eps), DeepMind's scale
+    ws_eps_per_variance: bool = False  # rsqrt(var + ws_eps) / sqrt(N): timm's convention
+
+    def conv(self, *args, **kwargs) -> ScaledStdConv2d:
+        """A weight-standardised conv with this config's padding and epsilon."""
+        padding = "same" if self.padding == "same" else None
+        return ScaledStdConv2d(*args, padding=padding, eps=self.ws_eps,
+                               eps_per_variance=self.ws_eps_per_variance, **kwargs)  # fmt: skip
 
     def validate(self) -> None:
+        if self.padding not in ("symmetric", "same"):
+            raise ValueError(f"padding={self.padding!r}; expected 'symmetric' or 'same'")
         if not (len(self.depths) == len(self.widths) == len(self.strides)):
             raise ValueError(
                 f"depths, widths and strides must have one entry per stage; got "
@@ -97,13 +110,13 @@ class NFBlock(nn.Module):
                 if stride > 1
                 else nn.Identity()
             )
-            self.shortcut = ScaledStdConv2d(in_ch, out_ch, 1, input_scale=gamma * beta)
+            self.shortcut = cfg.conv(in_ch, out_ch, 1, input_scale=gamma * beta)
         else:
             self.downsample, self.shortcut = None, None
-        self.conv1 = ScaledStdConv2d(in_ch, mid, 1, input_scale=gamma * beta)
-        self.conv2 = ScaledStdConv2d(mid, mid, 3, stride=stride, groups=groups, input_scale=gamma)
-        self.conv2b = ScaledStdConv2d(mid, mid, 3, groups=groups, input_scale=gamma)
-        self.conv3 = ScaledStdConv2d(mid, out_ch, 1, input_scale=gamma)
+        self.conv1 = cfg.conv(in_ch, mid, 1, input_scale=gamma * beta)
+        self.conv2 = cfg.conv(mid, mid, 3, stride=stride, groups=groups, input_scale=gamma)
+        self.conv2b = cfg.conv(mid, mid, 3, groups=groups, input_scale=gamma)
+        self.conv3 = cfg.conv(mid, out_ch, 1, input_scale=gamma)
         self.se = SqueezeExcite(out_ch, max(1, int(out_ch * cfg.se_ratio)))
         # shape (1,), not (): DeepSpeed broadcasts parameters as bytes, which a 0-d tensor cannot be
         self.skip_gain = nn.Parameter(torch.full((1,), float(cfg.skipinit_init)))
@@ -136,10 +149,10 @@ class NFNet(ImageClassifier):
         stem_out = cfg.widths[0] // 2
         self.stem = nn.ModuleList(
             [
-                ScaledStdConv2d(in_chans, c0, 3, stride=2),
-                ScaledStdConv2d(c0, c1, 3, input_scale=gamma),
-                ScaledStdConv2d(c1, c2, 3, input_scale=gamma),
-                ScaledStdConv2d(c2, stem_out, 3, stride=2, input_scale=gamma),
+                cfg.conv(in_chans, c0, 3, stride=2),
+                cfg.conv(c0, c1, 3, input_scale=gamma),
+                cfg.conv(c1, c2, 3, input_scale=gamma),
+                cfg.conv(c2, stem_out, 3, stride=2, input_scale=gamma),
             ]
         )
 
@@ -166,7 +179,7 @@ class NFNet(ImageClassifier):
         self.blocks = nn.Sequential(*blocks)
 
         self.num_features = cfg.final_conv_mult * cfg.widths[-1]
-        self.final_conv = ScaledStdConv2d(ch, self.num_features, 1)
+        self.final_conv = cfg.conv(ch, self.num_features, 1)
         self.final_gamma = gamma  # the map is 1/32 of the input side: a plain multiply is cheap
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes)

@@ -37,6 +37,15 @@ class ModelSection(Section):
     num_classes: int | None = Field(None, ge=2)  # default: the training manifest's classes
     drop_rate: float | None = Field(None, ge=0, lt=1)  # None: the variant's own
     stochdepth_rate: float | None = Field(None, ge=0, lt=1)
+    # NFNets: "same" is TensorFlow's SAME padding, which DeepMind's published weights need
+    # (jobs/convert_weights.py); None: the variant's own (symmetric)
+    padding: Literal["symmetric", "same"] | None = None
+
+    def overrides(self) -> dict:
+        """The variant's fields this section replaces (create_model's keyword arguments)."""
+        pairs = (("drop_rate", self.drop_rate), ("stochdepth_rate", self.stochdepth_rate),
+                 ("padding", self.padding))  # fmt: skip
+        return {k: v for k, v in pairs if v is not None}
 
     @field_validator("name")
     @classmethod
@@ -44,6 +53,12 @@ class ModelSection(Section):
         if name not in list_models():
             raise ValueError(f"unknown model; expected one of {', '.join(list_models())}")
         return name
+
+    @model_validator(mode="after")
+    def _padding_is_an_nfnet_option(self) -> ModelSection:
+        if self.padding is not None and self.name not in list_models("nfnet"):
+            raise ValueError(f"model.padding is an NFNet option; {self.name} has none")
+        return self
 
 
 class DataSection(Section):

@@ -80,7 +80,7 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
             raise UserError(str(e)) from None
     if cfg.init.from_run:
         init = cfg.init.model_copy(update={"from_run": absolute(cfg.init.from_run)})
-        check_source(init, cfg.model.name, classes)
+        check_source(init, cfg.model.name, classes, cfg.model.padding)
         cfg = cfg.model_copy(update={"init": init})
     if not cfg.tracking.uri:
         try:  # a remote run.dir needs a tracking server: say so now, not from every worker

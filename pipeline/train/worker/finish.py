@@ -26,7 +26,8 @@ def finish_run(trainer: Trainer) -> RunSummary:
     fs, root = fsspec.core.url_to_fs(f"{cfg.run.dir.rstrip('/')}/final")
     if rank == 0:
         fs.makedirs(root, exist_ok=True)
-    meta = {"model": cfg.model.name, "classes": str(trainer.classes), "step": str(state.step)}
+    meta = {"model": cfg.model.name, "classes": str(trainer.classes), "step": str(state.step),
+            "padding": cfg.model.padding or "symmetric"}  # fmt: skip
     # A collective (every rank); rank 0 streams the weights to the file, one parameter at a time.
     buffers = write_weights(trainer.engine.engine, fs, f"{root}/model.safetensors", meta,
                             write=rank == 0)  # fmt: skip

@@ -140,9 +140,7 @@ class Trainer:
 
     def new_model(self) -> torch.nn.Module:
         cfg = self.cfg.model
-        pairs = (("drop_rate", cfg.drop_rate), ("stochdepth_rate", cfg.stochdepth_rate))
-        overrides = {k: v for k, v in pairs if v is not None}
-        return create_model(cfg.name, num_classes=self.classes, **overrides)
+        return create_model(cfg.name, num_classes=self.classes, **cfg.overrides())
 
     # ---- resume -----------------------------------------------------------------------------
     def resume(self) -> None:

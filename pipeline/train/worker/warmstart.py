@@ -47,7 +47,9 @@ def read_header(path: str) -> dict:
             raise ValueError(f"{path} is not a safetensors file (bad header)") from None
 
 
-def check_source(init: InitSection, model_name: str, classes: int) -> str:
+def check_source(
+    init: InitSection, model_name: str, classes: int, padding: str | None = None
+) -> str:
     """Preflight: the weights exist and fit the model; returns their path. One line otherwise."""
     path = source_path(init)
     try:
@@ -65,6 +67,12 @@ def check_source(init: InitSection, model_name: str, classes: int) -> str:
         raise UserError(
             f"init.from_run={init.from_run!r} holds {meta['model']} weights but"
             f" model.name={model_name}; expected the same architecture"
+        )
+    if meta.get("padding", "symmetric") != (padding or "symmetric"):
+        raise UserError(
+            f"init.from_run={init.from_run!r} holds weights trained with padding="
+            f"{meta.get('padding', 'symmetric')} but model.padding={padding or 'symmetric'};"
+            f" expected model.padding={meta.get('padding', 'symmetric')}"
         )
     if init.keep_head and meta.get("classes") and int(meta["classes"]) != classes:
         raise UserError(
