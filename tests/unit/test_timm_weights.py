@@ -80,9 +80,9 @@ def test_the_converted_file_starts_a_run_with_same_padding_only(timm, tmp_path):
 
     init = InitSection(from_run=out, keep_head=True)
     assert check_source(init, "nfnet_f0", 7, "same") == out
-    with pytest.raises(UserError, match="padding=same but model.padding=symmetric; expected"):
+    with pytest.raises(UserError, match=r"padding=same but model\.padding=symmetric; expected"):
         check_source(init, "nfnet_f0", 7, None)
-    with pytest.raises(UserError, match="holds nfnet_f0 weights but model.name=nfnet_f1"):
+    with pytest.raises(UserError, match=r"holds nfnet_f0 weights but model\.name=nfnet_f1"):
         check_source(init, "nfnet_f1", 7, "same")
 
     model = create_model("nfnet_f0", num_classes=7, padding="same").eval()
@@ -97,7 +97,9 @@ def test_a_state_dict_that_is_not_a_dm_nfnet_is_one_line(timm, tmp_path):
         from_timm(timm.create_model("resnet18").state_dict())
     state = _reference(timm, "dm_nfnet_f0").state_dict()
     state.pop("stages.2.3.conv2b.weight")
-    with pytest.raises(ValueError, match="lacks 1 of nfnet_f0's tensors, e.g. blocks.6.conv2b"):
+    with pytest.raises(
+        ValueError, match=r"lacks 1 of nfnet_f0's tensors, e\.g\. blocks\.6\.conv2b"
+    ):
         from_timm(state)
-    with pytest.raises(ValueError, match="expected a .safetensors path"):
+    with pytest.raises(ValueError, match=r"expected a \.safetensors path"):
         convert_file(str(tmp_path / "x.pth"), str(tmp_path / "out.pt"))
