@@ -7,7 +7,10 @@ bit for bit, the ones the old ranks held (gathered from their shards). The final
 equal the uninterrupted run's to 1e-5 relative: the averaged gradient is the same sum taken in
 another order (two per-rank partial sums then an all-reduce, or one local sum), so they differ
 by floating-point rounding only; the same bound the ZeRO-vs-single-process AGC test uses. A
-resume that lost the momentum misses it by far more (checked).
+resume that lost the momentum misses it by far more (checked). In bf16 (DeepSpeed's bf16
+optimizer on the CPU accelerator, the GPUs' path) the masters and momentum still move bit for
+bit, the streamed export equals the gathered weights, and the checkpoint loads through the
+weights-only loader's allow-list.
 """
 
 import fsspec
@@ -32,20 +35,21 @@ def _batches():
     return images, torch.randint(0, CLASSES, (STEPS, GLOBAL), generator=g)
 
 
-def _engine(world: int, stage: int):
+def _engine(world: int, stage: int, precision: str):
     accum = GLOBAL // (world * MICRO)
-    return build_engine(engine_model().train(), deepspeed_config(MICRO, accum, world, stage, "fp32",
-                                                           use_gpu=False), HYPER["lr"], OPTIMIZER)  # fmt: skip
+    config = deepspeed_config(MICRO, accum, world, stage, precision, use_gpu=False)
+    return build_engine(engine_model().train(), config, HYPER["lr"], OPTIMIZER)
 
 
 def _train(engine, rank: int, world: int, steps: range) -> None:
     images, labels = _batches()
     per_rank = GLOBAL // world
+    dtype = next(engine.module.parameters()).dtype  # bf16: DeepSpeed cast the module
     for s in steps:
         for m in range(per_rank // MICRO):
             lo = rank * per_rank + m * MICRO
-            x, y = images[s, lo : lo + MICRO], labels[s, lo : lo + MICRO]
-            engine.micro_step(F.cross_entropy(engine.engine(x), y))
+            x, y = images[s, lo : lo + MICRO].to(dtype), labels[s, lo : lo + MICRO]
+            engine.micro_step(F.cross_entropy(engine.engine(x).float(), y))
 
 
 def _full_state(engine) -> tuple[dict, dict]:
@@ -59,9 +63,9 @@ def _full_state(engine) -> tuple[dict, dict]:
     return weights, momentum
 
 
-def _uninterrupted(rank: int, world: int, stage: int, tmp: str) -> None:
+def _uninterrupted(rank: int, world: int, stage: int, tmp: str, precision: str) -> None:
     """Trains every step, checkpointing at SAVE_AT (and keeping its state to compare with)."""
-    engine = _engine(world, stage)
+    engine = _engine(world, stage, precision)
     _train(engine, rank, world, range(SAVE_AT))
     state = checkpoint.TrainState(SAVE_AT, Cursor(0, SAVE_AT * GLOBAL, 1000))
     states = {"train_state": state, "rng": checkpoint.RngState()}
@@ -77,8 +81,10 @@ def _uninterrupted(rank: int, world: int, stage: int, tmp: str) -> None:
         save_file(final, f"{tmp}/uninterrupted.safetensors")
 
 
-def _resumed(rank: int, world: int, stage: int, tmp: str, keep_momentum: bool) -> None:
-    engine = _engine(world, stage)
+def _resumed(
+    rank: int, world: int, stage: int, tmp: str, keep_momentum: bool, precision: str
+) -> None:
+    engine = _engine(world, stage, precision)
     state = checkpoint.TrainState(0, Cursor(0, 0, 1000))
     checkpoint.load(engine.engine, {"train_state": state, "rng": checkpoint.RngState()},
                     f"{tmp}/ckpt", rank)  # fmt: skip
@@ -99,30 +105,39 @@ def _resumed(rank: int, world: int, stage: int, tmp: str, keep_momentum: bool) -
         save_file(final, f"{tmp}/{tag}.safetensors")
 
 
-def _both_resumes(rank: int, world: int, stage: int, tmp: str) -> None:
+def _both_resumes(rank: int, world: int, stage: int, tmp: str, precision: str) -> None:
     """With and without the momentum, in one process group: each spawn costs DeepSpeed's import."""
-    _resumed(rank, world, stage, tmp, True)
-    _resumed(rank, world, stage, tmp, False)
+    _resumed(rank, world, stage, tmp, True, precision)
+    _resumed(rank, world, stage, tmp, False, precision)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
+# Elastic bf16: the fp32 masters and momentum move bit for bit; after the resume the gradients
+# are bf16 sums in another order, so the weights follow within bf16's rounding: measured 0.036
+# relative at worst (median 7.6e-8), where a resume without the momentum is 5.5 away.
+TOLERANCE = {"fp32": 1e-5, "bf16": 0.1}
+
+
 @pytest.mark.parametrize(
-    "stage,before,after",
-    # ZeRO-2 shrinking in `make test`; ZeRO-3 shrinking and ZeRO-1 growing (~25 s each) slow
+    "stage,before,after,precision",
+    # ZeRO-2 shrinking in fp32 and bf16 in `make test`; ZeRO-3 shrinking and ZeRO-1 growing
+    # (~25 s each) slow
     [
-        (2, 2, 1),
-        pytest.param(3, 2, 1, marks=pytest.mark.slow),
-        pytest.param(1, 1, 2, marks=pytest.mark.slow),
+        (2, 2, 1, "fp32"),
+        (2, 2, 1, "bf16"),
+        pytest.param(3, 2, 1, "fp32", marks=pytest.mark.slow),
+        pytest.param(3, 2, 1, "bf16", marks=pytest.mark.slow),
+        pytest.param(1, 1, 2, "fp32", marks=pytest.mark.slow),
     ],
 )
-def test_zero_checkpoint_resumes_on_another_world_size(stage, before, after, tmp_path):
+def test_zero_checkpoint_resumes_on_another_world_size(stage, before, after, precision, tmp_path):
     tmp = str(tmp_path)
-    spawn(_uninterrupted, before, stage, tmp)
+    spawn(_uninterrupted, before, stage, tmp, precision)
     assert reshard.saved_world_size(tmp_path / "ckpt" / checkpoint.DS_TAG) == before
-    spawn(_both_resumes, after, stage, tmp)
+    spawn(_both_resumes, after, stage, tmp, precision)
 
     def read(name: str) -> dict:
         return load_file(str(tmp_path / f"{name}.safetensors"))
@@ -142,7 +157,8 @@ def test_zero_checkpoint_resumes_on_another_world_size(stage, before, after, tmp
     assert all(torch.equal(streamed[k], uninterrupted[k]) for k in streamed)
     params = saved_m.keys()
     worst = max(_rel(resumed[n], uninterrupted[n]) for n in params)
-    assert worst <= 1e-5, f"elastic resume differs by {worst:.2e} relative"
-    assert max(_rel(lost[n], uninterrupted[n]) for n in params) > 1e-3
+    assert worst <= TOLERANCE[precision], f"elastic resume differs by {worst:.2e} relative"
+    lost_by = max(_rel(lost[n], uninterrupted[n]) for n in params)
+    assert lost_by > max(1e-3, 10 * TOLERANCE[precision]), f"losing the momentum: {lost_by:.2e}"
     moved = max(_rel(uninterrupted[n], saved_w[n]) for n in params)
     assert moved > 1e-3  # the steps after the resume changed the weights

@@ -1,8 +1,9 @@
 """The trainer as components, without Ray (pipeline.testing.local): a callback added without
 touching the trainer sees every step; a SIGTERM to one rank mid-step, or a cluster's node-drain
 notice, ends the run after that step with its checkpoint, and the next launch resumes from it to
-bitwise the uninterrupted weights. The Ray path of the same notice is in
-tests/e2e/test_pretrain.py (kill, then preempt)."""
+bitwise the uninterrupted weights. In bf16 (DeepSpeed's bf16 optimizer on the CPU accelerator,
+the path GPUs take), a kill -9 of one rank resumes bitwise too. The Ray path of the same notice
+is in tests/e2e/test_pretrain.py (kill, then preempt)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
+from torch.multiprocessing import ProcessExitedException
 
 from pipeline.config import build_config
 from pipeline.testing import faults
@@ -39,7 +42,7 @@ class StepRecorder(Callback):
         self.ends += 1
 
 
-def _config(data: str, run_dir: str, *extra: dict) -> PretrainConfig:
+def _config(data: str, run_dir: str, *extra: dict, precision: str = "fp32") -> PretrainConfig:
     tree = {
         "run": {"dir": run_dir},
         "model": {"name": "nfnet_nano0"},
@@ -47,6 +50,7 @@ def _config(data: str, run_dir: str, *extra: dict) -> PretrainConfig:
                  "val_prefix": "val", "resolution": 32, "eval_resolution": 32,
                  "val_samples": 16},
         "train": {"epochs": 2.0, "global_batch": 16, "micro_batch": 4, "ema": {"decay": 0.99},
+                  "precision": precision,
                   "eval_every": 2, "checkpoint": {"every": 100}, "log_every": 1},
         "cluster": {"workers": 2},
     }  # fmt: skip
@@ -61,16 +65,16 @@ def _drained_after(steps: int):
     return lambda: next(calls) >= steps
 
 
-def _worker(rank: int, world: int, data: str, tmp: str) -> None:
+def _worker(rank: int, world: int, data: str, tmp: str, precision: str) -> None:
     record = {}
+    term = {"callbacks": [faults.spec(term="2")]}
     for name, cfg, drain in (
-        ("reference", _config(data, f"{tmp}/reference"), None),
+        ("reference", _config(data, f"{tmp}/reference", precision=precision), None),
         # SIGTERM to the last rank after its first backward of step 3
-        ("preempted", _config(data, f"{tmp}/preempted", {"callbacks": [faults.spec(term="2")]}),
-         None),
+        ("preempted", _config(data, f"{tmp}/preempted", term, precision=precision), None),
         # launched again: the cluster announces a node drain at the end of its first step
-        ("drained", _config(data, f"{tmp}/preempted"), _drained_after(1)),
-        ("resumed", _config(data, f"{tmp}/preempted"), None),  # and again, no notice
+        ("drained", _config(data, f"{tmp}/preempted", precision=precision), _drained_after(1)),
+        ("resumed", _config(data, f"{tmp}/preempted", precision=precision), None),  # no notice
     ):  # fmt: skip
         recorder = StepRecorder()
         ctx = local_context(cfg.run.dir)
@@ -84,10 +88,32 @@ def _worker(rank: int, world: int, data: str, tmp: str) -> None:
         Path(tmp, "record.json").write_text(json.dumps(record))
 
 
+def _kill_9_then_relaunch(rank: int, world: int, data: str, tmp: str, kill: bool) -> None:
+    """bf16: the last rank SIGKILLs itself after its first backward of step 4 (0-based 3); the
+    relaunch resumes from the step-2 checkpoint."""
+    extra = [{"checkpoint": {"every": 2}}]
+    if kill:
+        extra.append({"callbacks": [faults.spec(kill="step:3")]})
+    cfg = _config(data, f"{tmp}/killed", *extra, precision="bf16")
+    Trainer(cfg, local_context(cfg.run.dir)).run()
+
+
+# bf16 in `make test` (the GPUs' path, plus a kill -9); fp32 (~22 s) in `make test-slow`: its
+# Ray twin, tests/e2e/test_pretrain.py, kills and preempts an fp32 run in `make test`.
+@pytest.mark.parametrize("precision", [pytest.param("fp32", marks=pytest.mark.slow), "bf16"])
 def test_a_callback_sees_every_step_and_sigterm_checkpoints_the_step_then_resumes_bitwise(
-    tiny_data, tmp_path
+    tiny_data, tmp_path, precision
 ):
-    spawn(_worker, 2, str(tiny_data), str(tmp_path))
+    spawn(_worker, 2, str(tiny_data), str(tmp_path), precision)
+    if precision == "bf16":  # the path GPUs take: the same loop, bf16 weights, fp32 masters
+        with pytest.raises(ProcessExitedException, match="signal SIGKILL"):
+            spawn(_kill_9_then_relaunch, 2, str(tiny_data), str(tmp_path), True)
+        assert (tmp_path / "killed" / "faults" / "killed-step-3").exists()
+        spawn(_kill_9_then_relaunch, 2, str(tiny_data), str(tmp_path), False)
+        killed = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
+        reference = load_file(str(tmp_path / "reference" / "final" / "model.safetensors"))
+        assert killed.keys() == reference.keys()
+        assert all(killed[k].equal(reference[k]) for k in reference)
     record = json.loads((tmp_path / "record.json").read_text())
     reference, preempted, resumed = record["reference"], record["preempted"], record["resumed"]
     drained = record["drained"]
@@ -113,6 +139,7 @@ def test_a_callback_sees_every_step_and_sigterm_checkpoints_the_step_then_resume
     summary = json.loads((tmp_path / "preempted" / "final" / "summary.json").read_text())
     first = json.loads((tmp_path / "reference" / "final" / "summary.json").read_text())
     assert summary["heldout_loss"] == first["heldout_loss"]
+    assert summary["deepspeed"]["bf16"]["enabled"] == (precision == "bf16")
     assert [h["step"] for h in summary["heldout_history"]] == [2, 4]
 
 
