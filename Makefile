@@ -11,7 +11,7 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 export PYTHONUNBUFFERED := 1
 STAGES := ingest dedup pretrain finetune sweep report
 
-.PHONY: setup test test-fast test-slow chaos demo demo-real demo-data real-data bench timm bench-timm lint format clean head head-stop \
+.PHONY: setup test test-fast test-slow chaos demo demo-real demo-data real-data bench timm bench-timm gpu-check gpu-check-dry gpu-wheels lint format clean head head-stop \
 	$(addprefix submit-,$(STAGES))
 
 setup: $(STAMP)
@@ -101,6 +101,24 @@ timm: setup
 
 bench-timm: timm
 	$(PY) -m benchmarks.run --only timm_nfnet
+
+# The prepared GPU check (benchmarks/gpu_check.py, <= 7 min on one GPU): run it on the GPU
+# machine, whose own Python has torch, torchvision and timm. simplejpeg (the CPU loader's
+# decoder) travels as a wheel that `make gpu-wheels` fetches here into runs/gpu-check/wheels.
+GPU_PY ?= python3
+GPU_WHEELS := runs/gpu-check/wheels
+gpu-check:
+	@deps=$$(mktemp -d); if ls $(GPU_WHEELS)/*.whl > /dev/null 2>&1; then \
+		$(GPU_PY) -m pip install -q --no-deps --target $$deps $(GPU_WHEELS)/*.whl; fi; \
+	PYTHONPATH=$$deps $(GPU_PY) -m benchmarks.gpu_check --out $${OUT:-runs/gpu-check}
+
+gpu-wheels: setup
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 -d $(GPU_WHEELS) simplejpeg==1.9.0 $(QUIET_PIP)
+
+# The same check on this CPU at tiny sizes, no timing claims (tests/unit/test_gpu_check.py).
+gpu-check-dry: timm
+	$(PY) -m benchmarks.gpu_check --dry --out runs/gpu-check/dry
 
 lint: setup
 	$(VENV)/bin/ruff check .

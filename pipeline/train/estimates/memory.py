@@ -24,7 +24,6 @@ import resource
 import time
 from dataclasses import dataclass
 
-import psutil
 import torch
 
 from pipeline.models import create_model
@@ -190,6 +189,8 @@ def check_fits(need: float, workers_here: int, what: str, where: str, wait_s: fl
     not fit in the memory available on this machine, still after `wait_s` seconds (a restart
     may start while the previous attempt's processes are still releasing theirs)."""
     deadline = time.monotonic() + wait_s
+    import psutil  # here: the GPU check imports this module without it
+
     available = psutil.virtual_memory().available
     while need * workers_here > available and time.monotonic() < deadline:
         time.sleep(1)
