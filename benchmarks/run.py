@@ -22,6 +22,7 @@ from benchmarks import (
     ema_update,
     loader,
     model_step,
+    same_padding,
     scaling_fit,
     sweep_overhead,
     timm_nfnet,
@@ -31,6 +32,7 @@ from benchmarks import (
 
 BENCHMARKS = {
     "model_step": model_step.run,
+    "same_padding": same_padding.run,
     "agc": agc.run,
     "loader": loader.run,
     "data_plane": data_plane.run,
