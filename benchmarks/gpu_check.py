@@ -239,7 +239,16 @@ def _model(name: str, device: torch.device) -> torch.nn.Module:
         return create_model(name)
 
 
+# Sections still to start after this many seconds are skipped: the device is lent for minutes,
+# and a check that runs over loses everything it measured (`--budget-s`).
+DEADLINE = [float("inf")]
+
+
 def _section(results: dict, key: str, fn, *args, **kwargs):
+    if time.monotonic() > DEADLINE[0]:
+        results[key] = {"error": "skipped: over the time budget (--budget-s)"}
+        print(f"gpu-check: {key} skipped (over the time budget)", flush=True)
+        return results[key]
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     start = time.perf_counter()
@@ -332,7 +341,7 @@ def markdown(results: dict) -> str:
                      f" {jpeg['cpu_images_per_s_per_core']:.0f} images/s per core; GPU (nvJPEG)"
                      f" {_fmt(jpeg.get('gpu_images_per_s'), '.0f')} images/s; cores to feed"
                      f" F7+: {_fmt(jpeg.get('cpu_cores_to_feed_f7plus'), '.1f')}")  # fmt: skip
-    errors = [k for k, v in {**results["throughput"], **{k: results.get(k) for k in ("ema", "jpeg")}}.items()
+    errors = [k for k, v in {**results["throughput"], **{k: results.get(k) for k in ("ema", "memory", "jpeg")}}.items()
               if isinstance(v, dict) and "error" in v]  # fmt: skip
     if errors:
         lines.append(f"\nSections that failed: {', '.join(errors)} (see the JSON for the trace)")
@@ -343,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "runs/gpu-check"))
     parser.add_argument("--dry", action="store_true", help="CPU, tiny sizes, no timing claims")
+    parser.add_argument("--budget-s", type=float, default=360.0,
+                        help="start no section after this many seconds (default 360)")  # fmt: skip
     args = parser.parse_args(argv)
+    DEADLINE[0] = time.monotonic() + args.budget_s
     if not args.dry and not torch.cuda.is_available():
         print("error: no CUDA device; expected a GPU machine, or --dry", file=sys.stderr)
         return 2

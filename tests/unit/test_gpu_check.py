@@ -31,3 +31,12 @@ def test_the_dry_gpu_check_runs_every_section_and_writes_its_json_and_table(tmp_
     table = (tmp_path / "gpu_check.md").read_text()
     assert "dry run: no timing claims" in table and "| nfnet_f0 | 32 | 1 |" in table
     assert "Sections that failed" not in table
+
+
+def test_sections_past_the_time_budget_are_skipped_and_said_so(tmp_path):
+    assert gpu_check.main(["--dry", "--out", str(tmp_path), "--budget-s", "0"]) == 0
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    skipped = "skipped: over the time budget (--budget-s)"
+    assert all(row["error"] == skipped for row in results["throughput"].values())
+    assert results["memory"]["error"] == skipped and results["jpeg"]["error"] == skipped
+    assert "Sections that failed: ours_f0_32" in (tmp_path / "gpu_check.md").read_text()
