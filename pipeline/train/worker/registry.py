@@ -86,7 +86,15 @@ class CheckpointRegistry:
         parts are in, then prunes. A collective."""
         target = self._dir(step)
         if is_local(self.fs):
-            shutil.copytree(directory, target, dirs_exist_ok=True)
+            # File by file, not copytree: its shutil.Error folds every file's OSError into one
+            # list, and the stop's line and hint need the first one's errno (a full disk).
+            for local in sorted(Path(directory).rglob("*")):
+                dest = Path(target) / local.relative_to(directory)
+                if local.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                else:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(local, dest)
         else:
             for local in Path(directory).rglob("*"):
                 if local.is_file():
