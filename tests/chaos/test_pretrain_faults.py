@@ -98,7 +98,10 @@ def test_a_node_drained_for_preemption_is_checkpointed_and_left(reference_run, t
     the trainer checkpoints the step it is in, returns, and the driver starts the workers
     again on the nodes left, with max_failures=0; the weights equal the uninterrupted run's."""
     run_dir = tmp_path / "run"
-    with loopback_head(worker_nodes=3) as (address, env):
+    # Train's watcher polls the GCS every 5 s by default; the tiny run has ~9 s left after its
+    # first checkpoint, and the drain itself takes ~4 s of CLI: poll every 0.5 s.
+    fast = {"RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "0.5"}
+    with loopback_head(worker_nodes=3, **fast) as (address, env):
         drained = []
         argv = submit_args(address, tiny_data, run_dir, "cluster.max_failures=0")
         out = submit_then_fault(argv, env, run_dir,
