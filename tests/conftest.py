@@ -46,6 +46,17 @@ def sweep_csv(tmp_path_factory) -> Path:
     return write_sweep_csv(tmp_path_factory.mktemp("sweep") / "results.csv", rows)
 
 
+@pytest.fixture(scope="module")
+def timm():
+    """timm from `make timm` (runs/bench/timm-pkg), or the test skips saying so."""
+    from pipeline.testing.timm import TIMM_DIR, import_timm
+
+    try:
+        return import_timm()
+    except ImportError:
+        pytest.skip(f"timm is not installed in {TIMM_DIR}: run `make timm`")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """Stops the shared cluster (if one started) when the session ends; module-scoped fixtures

@@ -1,5 +1,6 @@
-"""DeepMind's published NFNets, as timm ships them (`dm_nfnet_f0` ... `dm_nfnet_f6`), mapped onto
-our names and shapes, so a fine-tune can start from the ImageNet weights.
+"""DeepMind's published NFNets, as timm ships them (`dm_nfnet_f0` ... `dm_nfnet_f6`) or as DeepMind
+does (`F0_haiku.npz`, renamed into timm's layout by `haiku_weights`), mapped onto our names and
+shapes, so a fine-tune can start from the ImageNet weights.
 
 timm names a block `stages.<stage>.<index>`; we number blocks through the stages (`blocks.<k>`).
 Its squeeze-excite layers are 1x1 convs and its gains [C, 1, 1, 1]; ours are Linear and [C].
@@ -116,9 +117,23 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_published(path: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """(what the file is, its tensors under timm's dm_nfnet names): DeepMind's haiku release
+    (`*.npz`, `*.pkl`: `haiku_weights`) or a timm state dict (anything else)."""
+    if path.endswith((".npz", ".pkl")):
+        import fsspec
+
+        from pipeline.models.haiku_weights import read_haiku, to_timm
+
+        fs, root = fsspec.core.url_to_fs(path)
+        return "DeepMind haiku weights", to_timm(read_haiku(fs.cat_file(root)))
+    return "timm dm_nfnet weights", read_state_dict(path)
+
+
 def convert_file(source: str, out: str) -> dict[str, str]:
-    """Write `out` (.safetensors): `source`'s timm dm_nfnet weights under our names, with the
-    header a run's `init.from_run` checks (model, classes, padding). Returns that header."""
+    """Write `out` (.safetensors): `source`'s DeepMind NFNet weights (timm's or DeepMind's own
+    file) under our names, with the header a run's `init.from_run` checks (model, classes,
+    padding). Returns that header."""
     import fsspec
     from safetensors.torch import save
 
@@ -126,9 +141,10 @@ def convert_file(source: str, out: str) -> dict[str, str]:
 
     if not out.endswith(".safetensors"):
         raise ValueError(f"--out {out}: expected a .safetensors path")
-    name, tensors = from_timm(read_state_dict(source))
+    kind, published = read_published(source)
+    name, tensors = from_timm(published)
     meta = {"model": name, "classes": str(tensors["fc.weight"].shape[0]), "padding": "same",
-            "source": f"timm dm_nfnet weights: {source}"}  # fmt: skip
+            "source": f"{kind}: {source}"}  # fmt: skip
     fs, root = fsspec.core.url_to_fs(out)
     if "/" in root:
         fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)

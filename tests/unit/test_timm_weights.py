@@ -3,9 +3,8 @@ logits, to 1e-4 relative, with padding="same" and timm's epsilon convention; the
 padding does not (DeepMind's strided convs pad after only). The converted file is what
 init.from_run takes, and a run that would read it with the wrong padding is one line.
 
-timm comes from `make timm` (runs/bench/timm-pkg, no dependencies); the weights are timm's
-random init with every gain, bias and skip gain drawn away from its init value, so that each
-layer and branch shows in the logits (published weights are not downloadable here)."""
+timm comes from `make timm` (runs/bench/timm-pkg, no dependencies: the `timm` fixture); the
+reference weights are tests/timm_reference.py's."""
 
 from __future__ import annotations
 
@@ -15,45 +14,14 @@ import torch
 from pipeline.config import UserError
 from pipeline.models import create_model
 from pipeline.models.timm_weights import convert_file, from_timm
-from pipeline.testing.timm import TIMM_DIR, import_timm
 from pipeline.train.config import InitSection
 from pipeline.train.worker.warmstart import check_source, load_weights
-
-TIMM_CONVENTION = {"padding": "same", "ws_eps": 1e-5, "ws_eps_per_variance": True}
-
-
-@pytest.fixture(scope="module")
-def timm():
-    try:
-        return import_timm()
-    except ImportError:
-        pytest.skip(f"timm is not installed in {TIMM_DIR}: run `make timm`")
-
-
-def _reference(timm, variant: str, classes: int = 10) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = timm.create_model(variant, num_classes=classes).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("skipinit_gain"):  # 0 at init: the residual branches would vanish
-                p.uniform_(0.3, 1.0, generator=g)
-            elif name.endswith("gain"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif name.startswith("head"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return model
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
+from tests.timm_reference import TIMM_CONVENTION, reference_nfnet, relative
 
 
 @pytest.mark.parametrize("variant,ours", [("dm_nfnet_f0", "nfnet_f0"), ("dm_nfnet_f1", "nfnet_f1")])
 def test_our_nfnet_computes_timms_logits_from_its_weights(timm, variant, ours):
-    reference = _reference(timm, variant)
+    reference = reference_nfnet(timm, variant)
     name, state = from_timm(reference.state_dict())
     assert name == ours
     g = torch.Generator().manual_seed(2)
@@ -63,15 +31,15 @@ def test_our_nfnet_computes_timms_logits_from_its_weights(timm, variant, ours):
             want = reference(x)
             same = create_model(name, num_classes=10, **TIMM_CONVENTION).eval()
             same.load_state_dict(state)
-            assert _relative(same(x), want) <= 1e-4, (variant, size)
+            assert relative(same(x), want) <= 1e-4, (variant, size)
             # The check can fail: the symmetric padding is 1e-2 or more away (measured 0.29, 0.62)
             symmetric = create_model(name, num_classes=10, ws_eps=1e-5, ws_eps_per_variance=True)
             symmetric.load_state_dict(state)
-            assert _relative(symmetric.eval()(x), want) > 1e-2
+            assert relative(symmetric.eval()(x), want) > 1e-2
 
 
 def test_the_converted_file_starts_a_run_with_same_padding_only(timm, tmp_path):
-    reference = _reference(timm, "dm_nfnet_f0", classes=7)
+    reference = reference_nfnet(timm, "dm_nfnet_f0", classes=7)
     source = tmp_path / "dm_nfnet_f0.pth"
     torch.save(reference.state_dict(), source)
     out = str(tmp_path / "weights" / "nfnet_f0.safetensors")
@@ -89,13 +57,13 @@ def test_the_converted_file_starts_a_run_with_same_padding_only(timm, tmp_path):
     assert load_weights(model, out, keep_head=True) == []
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():  # DeepMind's epsilon here, timm's in the reference: close, not equal
-        assert _relative(model(x), reference(x)) < 0.1
+        assert relative(model(x), reference(x)) < 0.1
 
 
 def test_a_state_dict_that_is_not_a_dm_nfnet_is_one_line(timm, tmp_path):
     with pytest.raises(ValueError, match="not a timm dm_nfnet state dict"):
         from_timm(timm.create_model("resnet18").state_dict())
-    state = _reference(timm, "dm_nfnet_f0").state_dict()
+    state = reference_nfnet(timm, "dm_nfnet_f0").state_dict()
     state.pop("stages.2.3.conv2b.weight")
     with pytest.raises(
         ValueError, match=r"lacks 1 of nfnet_f0's tensors, e\.g\. blocks\.6\.conv2b"
