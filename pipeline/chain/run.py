@@ -93,7 +93,11 @@ class Chain:
     def finetune_config(self, best: PointResult, uri: str, parent: str) -> FinetuneConfig:
         """The fine-tune of the best point, in its own directory: another best point (a changed
         sweep) is another fine-tune, never a resume of this one's checkpoints."""
-        own = {"init": {"from_run": best.run_dir}, "model": {"name": best.model},
+        model = {"name": best.model}
+        padding = self.sweep.base_dict().get("model", {}).get("padding")
+        if padding is not None:  # the points' padding: the checkpoint holds no other
+            model["padding"] = padding
+        own = {"init": {"from_run": best.run_dir}, "model": model,
                "run": {"dir": str(self.out / "finetune" / best.point)},
                "tracking": {"uri": uri or None, "parent": parent or None}}  # fmt: skip
         return build_config(FinetuneConfig, deep_merge(self.finetune, own))
