@@ -7,8 +7,9 @@
 --source: timm's `dm_nfnet_f0`..`dm_nfnet_f6` state dict, a .safetensors file (the Hugging Face
 hub's timm/dm_nfnet_f0.dm_in1k/model.safetensors) or a torch.save file (read weights-only), or
 DeepMind's own release, F0_haiku.npz .. F6_haiku.npz (a pickle of numpy arrays, read with an
-unpickler that admits nothing else); any fsspec URL. The output's header names the model, its classes and padding=same: a run that
-starts from it must set model.padding=same (DeepMind trained with TensorFlow's SAME padding).
+unpickler that admits nothing else); any fsspec URL. The output's header names the model, its
+classes and padding=same: a run that starts from it must set model.padding=same (DeepMind
+trained with TensorFlow's SAME padding).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import zipfile
 
 import numpy as np
 import torch
@@ -67,17 +68,24 @@ class _ArraysOnly(pickle.Unpickler):
         return _ALLOWED[module, name]()
 
 
+def _read_archive(data: bytes) -> dict[str, dict[str, np.ndarray]]:
+    params: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        for key in archive.files:
+            module, _, param = key.rpartition("/")
+            if not module:
+                raise ValueError(f"archive key {key!r}: expected <module>/<param>")
+            params.setdefault(module, {})[param] = archive[key]
+    return params
+
+
 def read_haiku(data: bytes) -> dict[str, dict[str, np.ndarray]]:
     """{module: {param: array}} from a haiku params pickle or a flat `.npz` archive."""
     if data[:4] == b"PK\x03\x04":  # a zip: np.savez
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            params: dict[str, dict[str, np.ndarray]] = {}
-            for key in archive.files:
-                module, _, param = key.rpartition("/")
-                if not module:
-                    raise ValueError(f"archive key {key!r}: expected <module>/<param>")
-                params.setdefault(module, {})[param] = archive[key]
-            return params
+        try:
+            return _read_archive(data)
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"not an .npz archive: {e}") from None
     try:
         params = _ArraysOnly(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
