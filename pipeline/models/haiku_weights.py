@@ -30,7 +30,10 @@ import zipfile
 import numpy as np
 import torch
 
-_NUMPY = "numpy._core" if hasattr(np, "_core") else "numpy.core"
+try:  # numpy 2 moved it; pickles written by numpy 1 still name numpy.core
+    from numpy._core import multiarray as _multiarray
+except ImportError:
+    from numpy.core import multiarray as _multiarray
 
 
 def _create_array(f, args, state, npdict=None):
@@ -42,21 +45,16 @@ def _create_array(f, args, state, npdict=None):
     return array
 
 
-def _numpy(name: str):
-    import importlib
-
-    return getattr(importlib.import_module(f"{_NUMPY}.multiarray"), name)
-
-
 _ALLOWED = {
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy("_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy("_reconstruct"),
-    ("numpy.core.multiarray", "scalar"): lambda: _numpy("scalar"),
-    ("numpy._core.multiarray", "scalar"): lambda: _numpy("scalar"),
-    ("dill._dill", "_create_array"): lambda: _create_array,
-    ("collections", "OrderedDict"): lambda: dict,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{
+        (f"{core}.multiarray", name): getattr(_multiarray, name)
+        for core in ("numpy.core", "numpy._core")
+        for name in ("_reconstruct", "scalar")
+    },
+    ("dill._dill", "_create_array"): _create_array,
+    ("collections", "OrderedDict"): dict,
 }
 
 
@@ -65,7 +63,7 @@ class _ArraysOnly(pickle.Unpickler):
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"the pickle names {module}.{name}; expected only numpy"
                                          " arrays in dicts (DeepMind's *_haiku.npz)")  # fmt: skip
-        return _ALLOWED[module, name]()
+        return _ALLOWED[module, name]
 
 
 def _read_archive(data: bytes) -> dict[str, dict[str, np.ndarray]]:

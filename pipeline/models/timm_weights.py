@@ -97,14 +97,19 @@ def from_timm(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tens
     return name, ours
 
 
+def _read_bytes(path: str) -> bytes:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs.cat_file(root)
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors file (timm's hub files) or a torch.save file, read with
     the weights-only loader (no pickled code runs); any fsspec URL."""
-    import fsspec
     from safetensors.torch import load
 
-    fs, root = fsspec.core.url_to_fs(path)
-    data = fs.cat_file(root)
+    data = _read_bytes(path)
     if path.endswith(".safetensors"):
         return load(data)
     import io
@@ -121,12 +126,9 @@ def read_published(path: str) -> tuple[str, dict[str, torch.Tensor]]:
     """(what the file is, its tensors under timm's dm_nfnet names): DeepMind's haiku release
     (`*.npz`, `*.pkl`: `haiku_weights`) or a timm state dict (anything else)."""
     if path.endswith((".npz", ".pkl")):
-        import fsspec
-
         from pipeline.models.haiku_weights import read_haiku, to_timm
 
-        fs, root = fsspec.core.url_to_fs(path)
-        return "DeepMind haiku weights", to_timm(read_haiku(fs.cat_file(root)))
+        return "DeepMind haiku weights", to_timm(read_haiku(_read_bytes(path)))
     return "timm dm_nfnet weights", read_state_dict(path)
 
 

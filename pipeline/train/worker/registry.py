@@ -85,20 +85,18 @@ class CheckpointRegistry:
         """Every rank: its part into the step's directory; rank 0 marks it complete once all
         parts are in, then prunes. A collective."""
         target = self._dir(step)
-        if is_local(self.fs):
-            # File by file, not copytree: its shutil.Error folds every file's OSError into one
-            # list, and the stop's line and hint need the first one's errno (a full disk).
-            for local in sorted(Path(directory).rglob("*")):
-                dest = Path(target) / local.relative_to(directory)
-                if local.is_dir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                else:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(local, dest)
-        else:
-            for local in Path(directory).rglob("*"):
-                if local.is_file():
-                    self.fs.put_file(str(local), f"{target}/{local.relative_to(directory)}")
+        local_fs = is_local(self.fs)
+        for part in sorted(Path(directory).rglob("*")):
+            if not part.is_file():
+                continue
+            dest = f"{target}/{part.relative_to(directory)}"
+            # Locally shutil file by file, not copytree: its shutil.Error folds every OSError
+            # into one list, and the stop's line and hint need the first one's errno (full disk).
+            if local_fs:
+                Path(dest).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(part, dest)
+            else:
+                self.fs.put_file(str(part), dest)
         if dist.is_initialized():
             dist.barrier()
         if self.rank == 0:
